@@ -1,0 +1,35 @@
+"""Batches for Whisper: log-mel features from waveforms, and labels padded with -100."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune.data import SAMPLE_RATE
+
+IGNORE_INDEX = -100  # label positions the loss skips
+
+
+@dataclass
+class SpeechCollator:
+    """Rows with `waveform` and `labels` (prefix + text + <|endoftext|>) -> model inputs.
+
+    The decoder start token (<|startoftranscript|>) is stripped from the labels only when every row starts with it:
+    the model prepends it again when it shifts the labels right. Padding is masked from the attention mask, not by
+    token id, because Whisper's pad and <|endoftext|> share an id and the real <|endoftext|> must stay in the loss.
+    """
+
+    processor: Any
+    decoder_start_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        waveforms = [np.asarray(row["waveform"], dtype=np.float32) for row in rows]
+        features = self.processor.feature_extractor(waveforms, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        padded = self.processor.tokenizer.pad({"input_ids": [row["labels"] for row in rows]}, return_tensors="pt")
+        labels = padded["input_ids"].masked_fill(padded["attention_mask"].ne(1), IGNORE_INDEX)
+        if (labels[:, 0] == self.decoder_start_token_id).all():
+            labels = labels[:, 1:]
+        return {"input_features": features["input_features"], "labels": labels}

@@ -1,0 +1,39 @@
+"""The best adapter merged into a full Whisper checkpoint that plain transformers loads, checked for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from finetune.model import DTYPES, load_adapter, set_decoding, transcribe
+from finetune.outputs import atomic_dir, log
+from finetune.recipe import Recipe
+
+MERGED_DIR = "merged"  # <output_dir>/merged
+
+
+def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperProcessor,
+                  parity_waveforms: list) -> dict[str, Any]:
+    """Write <output_dir>/merged (weights, processor, generation config) atomically; compare transcripts.
+
+    Parity: the merged checkpoint, reloaded from disk, must give the same greedy transcripts as the base model with
+    the saved adapter on top, on `parity_waveforms`.
+    """
+    final = Path(recipe.output_dir) / MERGED_DIR
+    tuned = load_adapter(recipe.model, adapter_dir).eval()
+    set_decoding(tuned.get_base_model(), recipe.eval)
+    with_adapter = transcribe(tuned, processor, parity_waveforms)
+    merged = tuned.merge_and_unload()
+    with atomic_dir(final) as tmp:
+        merged.save_pretrained(tmp)  # weights + config + generation_config (language, task)
+        processor.save_pretrained(tmp)
+    reloaded = WhisperForConditionalGeneration.from_pretrained(final, dtype=DTYPES[recipe.model.dtype]).eval()
+    from_merged = transcribe(reloaded, processor, parity_waveforms)
+    same = sum(a == b for a, b in zip(with_adapter, from_merged))
+    parity = {"clips": len(parity_waveforms), "identical": same, "ok": same == len(parity_waveforms),
+              "mismatches": [{"adapter": a, "merged": b} for a, b in zip(with_adapter, from_merged) if a != b]}
+    log.info("Merged model written to %s; parity with base+adapter: %d/%d identical transcripts%s",
+             final, same, len(parity_waveforms), "" if parity["ok"] else " (MISMATCH, see results.json)")
+    return {"path": str(final), "parity": parity}

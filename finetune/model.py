@@ -1,0 +1,124 @@
+"""Processor, Whisper model with language/task on its generation config, and LoRA adapters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from finetune.recipe import EvalConfig, LoraConfig, ModelConfig, RecipeError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_local(name: str) -> bool:
+    """A name that exists on disk, or is written like a path (./x, ../x, /x, ~/x, a/b/c), is a local model."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _load_error(cfg: ModelConfig, err: Exception) -> RecipeError:
+    if is_local(cfg.name):
+        path = Path(cfg.name).expanduser().resolve()
+        if not path.is_dir():
+            return RecipeError("model", [f"model.name: directory {str(path)!r} does not exist"])
+        return RecipeError("model", [f"model.name: {str(path)!r} is not a Whisper checkpoint in transformers format "
+                                     f"(config.json, model weights, tokenizer and preprocessor files): {err}"])
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached or has no such model"
+    return RecipeError("model", [
+        f"model.name: could not load {cfg.name!r} from the Hugging Face Hub ({why}; {type(err).__name__}). "
+        f"Point it at a local copy instead: model.name=/path/to/whisper-dir on the command line, or `name:` "
+        f"under `model:` in the recipe."
+    ])
+
+
+def load_processor(cfg: ModelConfig) -> WhisperProcessor:
+    """Feature extractor + tokenizer, with the recipe's language/task as the tokenizer's prefix."""
+    try:
+        processor = WhisperProcessor.from_pretrained(cfg.name, revision=cfg.revision)
+    except (OSError, ValueError) as err:
+        raise _load_error(cfg, err) from None
+    processor.tokenizer.set_prefix_tokens(language=cfg.language, task=cfg.task, predict_timestamps=False)
+    return processor
+
+
+def load_model(cfg: ModelConfig) -> WhisperForConditionalGeneration:
+    """Base Whisper in the recipe's dtype, generating in the recipe's language and task."""
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(
+            cfg.name, revision=cfg.revision, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
+        )
+    except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
+        raise RecipeError("model", [f"model.attn_implementation={cfg.attn_implementation!r}: {err}. "
+                                    "Use sdpa (the default) or eager."]) from None
+    except (OSError, ValueError) as err:
+        raise _load_error(cfg, err) from None
+    set_language(model, cfg.language, cfg.task)
+    # Whisper's forward ignores `num_items_in_batch`; telling the Trainer so keeps the loss and gradients
+    # unchanged by gradient accumulation and world size (PITFALLS #3).
+    model.accepts_loss_kwargs = False
+    model.config.use_cache = False  # the cache is for generation; training with it only costs memory
+    return model
+
+
+def set_language(model: WhisperForConditionalGeneration, language: str, task: str) -> None:
+    """Language and task live on the generation config: generate() and pipeline() then need no arguments."""
+    model.generation_config.language = language
+    model.generation_config.task = task
+    model.generation_config.forced_decoder_ids = None
+    model.config.forced_decoder_ids = None
+
+
+def set_decoding(model: WhisperForConditionalGeneration, cfg: EvalConfig) -> None:
+    """Decoding settings for evaluation; saved with the merged model, so pipeline() decodes the same way."""
+    model.generation_config.max_new_tokens = cfg.max_new_tokens
+    model.generation_config.num_beams = cfg.num_beams
+
+
+def add_lora(model: WhisperForConditionalGeneration, cfg: LoraConfig, seed: int) -> PeftModel:
+    """Wrap the model with fresh LoRA adapters, initialized from `seed` (reproducible); only the adapters train."""
+    # No task_type: peft's SEQ_2_SEQ_LM wrapper passes input_ids, which Whisper's forward rejects (PITFALLS #2).
+    config = PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        bias="none",
+    )
+    torch.manual_seed(seed)  # LoRA's A matrices start random: same seed, same run
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # target modules that match nothing
+        raise RecipeError("lora", [f"lora.target_modules={cfg.target_modules}: {err}"]) from None
+
+
+def load_adapter(cfg: ModelConfig, adapter_dir: str | Path) -> PeftModel:
+    """A fresh base model with a saved adapter on top (for merging and evaluation)."""
+    return PeftModel.from_pretrained(load_model(cfg), str(adapter_dir))
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def transcribe(model: torch.nn.Module, processor: WhisperProcessor, waveforms: list, batch_size: int = 8) -> list[str]:
+    """Texts for 16 kHz mono waveforms, decoded with the model's generation config (language, task, beams)."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    texts: list[str] = []
+    for start in range(0, len(waveforms), batch_size):
+        batch = [np.asarray(w, dtype=np.float32) for w in waveforms[start:start + batch_size]]
+        features = processor.feature_extractor(batch, sampling_rate=16_000, return_tensors="pt").input_features
+        ids = model.generate(input_features=features.to(device, dtype))
+        texts += [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return texts

@@ -1,0 +1,376 @@
+"""The recipe: one YAML file, validated into a typed schema that every other module reads.
+
+Defaults live here and nowhere else. Problems are collected and reported all at once, each with the key, the
+value that was given and how to fix it; command-line overrides (`section.key=value`) go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Whisper's decoder has 448 positions; the prompt <|sot|><|lang|><|task|><|notimestamps|> takes 4 of them.
+MAX_TARGET_POSITIONS = 448
+PROMPT_TOKENS = 4
+MAX_AUDIO_SECONDS = 30.0  # Whisper's encoder sees at most 30 s (3000 mel frames)
+
+
+class RecipeError(ValueError):
+    """A recipe problem a user can fix; its message lists every problem found, one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} {noun}\n{lines}")
+
+
+class Section(BaseModel):
+    # extra="forbid": a typo'd key must be an error, never a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+def whisper_languages() -> dict[str, str]:
+    """Whisper's language codes -> names ("es" -> "spanish"), from transformers' own table."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return dict(LANGUAGES)
+
+
+def language_code(value: str) -> str:
+    """Accept "es", "ES" or "spanish"; return the code, or raise with the valid choices."""
+    languages = whisper_languages()
+    value = value.strip().lower()
+    if value in languages:
+        return value
+    by_name = {name: code for code, name in languages.items()}
+    if value in by_name:
+        return by_name[value]
+    close = difflib.get_close_matches(value, list(languages) + list(by_name), n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown Whisper language {value!r}.{hint} Valid codes: {', '.join(sorted(languages))}")
+
+
+class ModelConfig(Section):
+    name: str = Field(description="Hub id (openai/whisper-small) or a local directory in transformers format")
+    revision: str | None = Field(None, description="Hub branch, tag or commit; ignored for local directories")
+    language: str = Field("es", description="language token of the targets, a code (es) or a name (spanish)")
+    task: Literal["transcribe", "translate"] = "transcribe"
+    # dtype the base weights are held in; bfloat16 halves memory, float32 is exact on CPU.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, v: str) -> str:
+        return language_code(v)
+
+
+class LoraConfig(Section):
+    rank: int = Field(32, gt=0)
+    alpha: float = Field(64.0, gt=0, description="scale = alpha / rank (alpha / sqrt(rank) with rslora)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # Attention and MLP projections of encoder and decoder: on Whisper this beats q/v-only at the same rank.
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    use_dora: bool = False
+    use_rslora: bool = False
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one module name, e.g. [q_proj, v_proj]")
+        return v
+
+
+class Source(Section):
+    """One dataset: a Hub dataset (`hub`) or a local audiofolder directory (`path`)."""
+
+    hub: str | None = Field(None, description="Hub dataset id, e.g. mozilla-foundation/common_voice_17_0")
+    config: str | None = Field(None, description="Hub dataset configuration, e.g. es")
+    path: str | None = Field(None, description="local audiofolder directory (metadata.csv + audio files)")
+    split: str = "train"
+    audio_column: str = "audio"
+    text_column: str = "transcription"
+    max_samples: int | None = Field(None, gt=0, description="keep the first N rows (smoke runs)")
+    name: str | None = Field(None, description="label in logs and reports; derived from hub/path + split")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Source:
+        if (self.hub is None) == (self.path is None):
+            raise ValueError("give exactly one of `hub:` (a Hub dataset id) or `path:` (a local audiofolder)")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        origin = self.hub if self.hub else Path(self.path or "").name
+        return f"{origin}{'/' + self.config if self.config else ''}:{self.split}"
+
+
+class DataConfig(Section):
+    train: list[Source] = Field(min_length=1)
+    eval: list[Source] = Field(min_length=1, description="scored during training; picks the best adapter")
+    test: list[Source] = Field(default_factory=list, description="final report sets; defaults to `eval`")
+    max_duration_s: float = Field(MAX_AUDIO_SECONDS, gt=0.0, le=MAX_AUDIO_SECONDS)
+    max_label_tokens: int = Field(MAX_TARGET_POSITIONS, gt=PROMPT_TOKENS, le=MAX_TARGET_POSITIONS)
+    num_proc: int | None = Field(None, gt=0, description="processes for decoding/tokenizing; None = in-process")
+
+    @field_validator("train", "eval", "test", mode="before")
+    @classmethod
+    def _wrap(cls, v: Any) -> Any:
+        # A single source may be written as a mapping; a list of them is the general form.
+        return [v] if isinstance(v, dict) else v
+
+    @property
+    def test_sets(self) -> list[Source]:
+        return self.test or self.eval
+
+
+class TrainConfig(Section):
+    """Mapped field by field onto Seq2SeqTrainingArguments (see finetune/train.py)."""
+
+    learning_rate: float = Field(1.0e-3, gt=0.0)
+    num_train_epochs: float = Field(3.0, gt=0.0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    warmup_steps: float = Field(0.1, ge=0.0, description="int = steps, float in [0, 1) = share of all steps")
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_scheduler_type: str = "linear"
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    eval_steps: int = Field(100, gt=0, description="evaluate and save a checkpoint every N optimizer steps")
+    logging_steps: int = Field(10, gt=0)
+    save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept (the best one is always kept)")
+    seed: int = 42
+    dataloader_num_workers: int = Field(0, ge=0)
+    resume: bool | str = Field(
+        False, description="auto/true = latest checkpoint in output_dir, false = start fresh, or a checkpoint path"
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="any other Seq2SeqTrainingArguments field, checked by name"
+    )
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume_words(cls, v: Any) -> Any:
+        words = {"auto": True, "true": True, "false": False, "never": False, "no": False, "": False}
+        return words.get(v.strip().lower(), v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true: choose one (bf16 where the hardware has it)")
+        owned = set(type(self).model_fields) | MANAGED_TRAINING_ARGUMENTS
+        problems = []
+        for key in self.extra:
+            if key in owned:
+                problems.append(f"extra.{key} is set by the recipe itself: use train.{key} or remove it")
+            elif key not in training_argument_names():
+                close = suggest(key, sorted(training_argument_names()))
+                hint = f" Did you mean {close!r}?" if close else ""
+                problems.append(f"extra.{key} is not a Seq2SeqTrainingArguments field.{hint}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(8, gt=0, description="clips per generate() call, per device")
+    num_beams: int = Field(1, gt=0, description="1 = greedy")
+    max_new_tokens: int = Field(128, gt=0, le=MAX_TARGET_POSITIONS - PROMPT_TOKENS)
+    metric_for_best: Literal["wer", "cer", "wer_ortho", "cer_ortho"] = Field(
+        "wer", description="lower is better; wer = normalized WER"
+    )
+    baseline: bool = Field(True, description="also score the zero-shot base model on the test sets")
+
+
+class OutputConfig(Section):
+    merge: bool = Field(True, description="merge the best adapter into <output_dir>/merged")
+    parity_clips: int = Field(4, ge=0, description="eval clips transcribed by merged and base+adapter to compare")
+
+
+class Recipe(Section):
+    model: ModelConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    output_dir: str = Field(description="where checkpoints, the adapter, the merged model and reports go")
+
+
+# Seq2SeqTrainingArguments fields that finetune/train.py sets from the recipe or fixes for Whisper + LoRA.
+MANAGED_TRAINING_ARGUMENTS = {
+    "output_dir",
+    "per_device_eval_batch_size",
+    "eval_strategy",
+    "save_strategy",
+    "save_steps",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "greater_is_better",
+    "predict_with_generate",
+    "generation_max_length",
+    "generation_num_beams",
+    "remove_unused_columns",
+    "label_names",
+    "ddp_find_unused_parameters",
+    "use_cpu",
+    "gradient_checkpointing_kwargs",
+    "activation_checkpointing",
+    "activation_checkpointing_kwargs",
+    "resume_from_checkpoint",
+}
+
+
+def training_argument_names() -> set[str]:
+    from transformers import Seq2SeqTrainingArguments
+
+    return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML, apply `section.key=value` overrides, validate; raise RecipeError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), [f"recipe file not found (working directory: {Path.cwd()})"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise RecipeError(str(path), [f"not valid YAML: {err}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(str(path), [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
+    problems = []
+    for item in overrides or []:
+        try:
+            apply_override(raw, item)
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise RecipeError(str(path), problems)
+    return validate(raw, source=str(path))
+
+
+def validate(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(source, [describe(e, raw) for e in err.errors()]) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in the nested dict; the value is parsed as YAML (so 5.0e-4 is a float, [a, b] a list)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r}: expected section.key=value, e.g. train.learning_rate=5.0e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {item!r}: value is not valid YAML ({err})") from None
+    parts = key.strip().split(".")
+    parent: Any = None
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        if part.isdigit() and isinstance(node, dict) and isinstance(parent, dict):
+            node = parent[parts[depth - 1]] = [node]  # a single source written as a mapping is a list of one
+        if depth == len(parts) - 1:
+            break
+        parent, node = node, _child(node, part, parts[: depth + 1], item)
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, item)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, part: str, trail: list[str], item: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, item)]
+    if not isinstance(node, dict):
+        raise ValueError(f"override {item!r}: {'.'.join(trail[:-1])} is a value, not a section")
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"override {item!r}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    """One pydantic error -> 'key: what is wrong (got value). fix'."""
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        close = suggest(loc[-1], known)
+        hint = f"did you mean {'.'.join(loc[:-1] + [close])!r}?" if close else f"valid keys: {', '.join(known)}"
+        return f"{key}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{key}: required but missing; add it to the recipe or pass {key}=... on the command line"
+    message = error["msg"].removeprefix("Value error, ")
+    got = _lookup(raw, error["loc"])
+    if got is _MISSING or (kind == "value_error" and isinstance(got, dict)):  # a cross-field rule of a section
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {got!r})"
+
+
+_MISSING = object()
+
+
+def suggest(name: str, known: list[str]) -> str | None:
+    """The known key `name` was most likely meant to be: a close spelling, else one that contains it (epochs)."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    containing = [k for k in known if name.lower() in k.lower() or k.lower() in name.lower()]
+    return containing[0] if len(containing) == 1 else None
+
+
+def _lookup(raw: Any, loc: tuple) -> Any:
+    node = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _known_fields(loc: list[str]) -> list[str]:
+    """Field names of the schema section at `loc` (list indices skipped)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if part.isdigit():
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        inner = getattr(annotation, "__args__", (annotation,))
+        nested = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, every default filled in (saved next to the outputs)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

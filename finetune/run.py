@@ -1,0 +1,91 @@
+"""Fine-tune Whisper with LoRA adapters from a recipe, then score, merge and report.
+
+Run as:
+    accelerate launch finetune/run.py recipes/spanish.yaml                      # one or many GPUs
+    accelerate launch finetune/run.py recipes/spanish.yaml train.learning_rate=5.0e-4 output_dir=runs/es-lr5e-4
+    python finetune/run.py recipes/demo.yaml model.name=/path/to/whisper-tiny    # one process, local model
+    python finetune/run.py recipes/spanish.yaml --check    # validate recipe, data and model; train nothing
+
+Outputs in <output_dir>: recipe.yaml, environment.json, checkpoint-*/, adapter/ (best adapter + processor),
+merged/ (full checkpoint for transformers.pipeline), results.json, report.md, predictions/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
+
+from finetune.data import counts_table, first_waveforms, load_data  # noqa: E402
+from finetune.merge import merge_adapter  # noqa: E402
+from finetune.model import add_lora, count_parameters, load_model, load_processor, set_decoding  # noqa: E402
+from finetune.outputs import is_main_process, log, save_run_info, setup_logging  # noqa: E402
+from finetune.recipe import RecipeError, load_recipe  # noqa: E402
+from finetune.report import score_test_sets, write_report  # noqa: E402
+from finetune.train import (build_trainer, check_cpu_threads, resume_checkpoint, save_adapter, train,  # noqa: E402
+                            training_arguments)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Fine-tune Whisper with LoRA from a recipe.")
+    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/spanish.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.learning_rate=5.0e-4")
+    parser.add_argument("--check", action="store_true", help="validate recipe, data and model; train nothing")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    # 1. Recipe: YAML + overrides, validated; every problem is reported at once.
+    recipe = load_recipe(args.recipe, args.overrides)
+
+    # 2. Training arguments: this also joins the process group when started by `accelerate launch`.
+    training_args = training_arguments(recipe)
+    if is_main_process():
+        save_run_info(recipe, sys.argv, training_args.world_size)
+    log.info("Recipe %s, world size %d, device %s", args.recipe, training_args.world_size, training_args.device)
+    check_cpu_threads(training_args)
+
+    # 3. Processor and model: base Whisper, language/task on its generation config, LoRA adapters on top.
+    processor = load_processor(recipe.model)
+    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
+    set_decoding(model.get_base_model(), recipe.eval)
+    log.info("Trainable parameters: %d of %d", *count_parameters(model))
+
+    # 4. Data: decoded to 16 kHz mono, tokenized, filtered; what was dropped is counted per source.
+    data = load_data(recipe.data, processor.tokenizer, training_args.main_process_first)
+    log.info("Data:\n%s", counts_table(data.counts))
+    if args.check:
+        log.info("Check passed: recipe, model and data are usable. Nothing was trained.")
+        return 0
+
+    # 5. Train; the best adapter by eval WER is kept and saved to <output_dir>/adapter.
+    trainer = build_trainer(recipe, model, processor, data, training_args)
+    training = train(trainer, resume_checkpoint(recipe))
+    adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
+
+    # 6. Score the test sets: zero-shot base model vs fine-tuned (all ranks take part).
+    results = score_test_sets(trainer, data.test, recipe.eval.baseline)
+
+    # 7. Merge the best adapter into a full checkpoint and check parity (main process).
+    merged = merge_adapter(recipe, adapter_dir, processor, first_waveforms(data.eval, recipe.output.parity_clips)) \
+        if recipe.output.merge and is_main_process() else None
+
+    # 8. Reports: results.json, report.md, predictions/.
+    write_report(recipe.output_dir, recipe.model.language, processor.tokenizer, results, training, merged,
+                 data.counts)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    try:
+        return run(parse_args(argv))
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Recipe -> Seq2SeqTrainingArguments (field by field) -> Seq2SeqTrainer; training, resuming, saving the adapter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from finetune.collator import SpeechCollator
+from finetune.data import PreparedData
+from finetune.metrics import compute_metrics_fn
+from finetune.outputs import atomic_dir, log
+from finetune.recipe import Recipe, RecipeError
+
+ADAPTER_DIR = "adapter"  # <output_dir>/adapter: the best adapter and the processor
+
+
+def has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
+        torch.backends.mps.is_available()
+
+
+def check_cpu_threads(args: Seq2SeqTrainingArguments) -> None:
+    """Warn when CPU ranks use fewer threads than the machine offers them (accelerate launch sets 1 by default)."""
+    if args.device.type != "cpu":
+        return
+    available = max(1, (os.cpu_count() or 1) // max(1, args.world_size))
+    if torch.get_num_threads() < available:
+        log.warning("Training on CPU with %d torch thread(s) per process, %d core(s) available per process: "
+                    "accelerate launch sets OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process %d",
+                    torch.get_num_threads(), available, available)
+
+
+def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
+    """Every recipe field mapped explicitly; the fixed settings below are what Whisper + LoRA need."""
+    t, e = recipe.train, recipe.eval
+    return Seq2SeqTrainingArguments(
+        output_dir=recipe.output_dir,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.bf16,
+        fp16=t.fp16,
+        activation_checkpointing=t.gradient_checkpointing,
+        # Non-reentrant checkpointing works with frozen base weights and LoRA, under DDP too (PITFALLS #4, #5).
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=t.logging_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        per_device_eval_batch_size=e.batch_size,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.eval_steps,  # equal to eval_steps so every scored checkpoint can be the best one
+        load_best_model_at_end=True,
+        metric_for_best_model=e.metric_for_best,
+        greater_is_better=False,  # error rates: lower is better
+        predict_with_generate=True,  # score WER on generated text, not on teacher-forced logits
+        remove_unused_columns=False,  # the collator needs `waveform`, which the model's forward does not take
+        label_names=["labels"],
+        ddp_find_unused_parameters=False,  # LoRA leaves base weights unused by design (PITFALLS #5)
+        use_cpu=not has_accelerator(),  # CPU-only machines: gloo ranks under `accelerate launch --multi_gpu`
+        **t.extra,
+    )
+
+
+def resume_checkpoint(recipe: Recipe) -> str | None:
+    """The checkpoint to resume from: the latest in output_dir (resume: auto), a given path, or None."""
+    resume, out = recipe.train.resume, Path(recipe.output_dir)
+    latest = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if resume is False:
+        if latest:
+            log.warning("%s already has %s; starting fresh (train.resume=auto continues from it)", out, latest)
+        return None
+    if resume is True:
+        log.info("Resuming from %s", latest) if latest else log.info("No checkpoint in %s: starting fresh", out)
+        return latest
+    if not Path(resume).is_dir():
+        raise RecipeError("train", [f"train.resume: checkpoint directory {resume!r} does not exist"])
+    return str(resume)
+
+
+def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedData,
+                  args: Seq2SeqTrainingArguments) -> Seq2SeqTrainer:
+    return Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=SpeechCollator(processor, model.config.decoder_start_token_id),
+        processing_class=processor,  # saved with every checkpoint
+        compute_metrics=compute_metrics_fn(processor.tokenizer, recipe.model.language),
+    )
+
+
+def train(trainer: Seq2SeqTrainer, resume: str | None) -> dict[str, float]:
+    """Train; afterwards trainer.model holds the best adapter (load_best_model_at_end)."""
+    result = trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    log.info("Best checkpoint: %s (%s = %s)", state.best_model_checkpoint, trainer.args.metric_for_best_model,
+             state.best_metric)
+    return {**result.metrics, "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
+            "global_step": state.global_step}
+
+
+def save_adapter(trainer: Seq2SeqTrainer, processor, output_dir: str) -> Path:
+    """The best adapter (peft format) and the processor in <output_dir>/adapter, written atomically."""
+    final = Path(output_dir) / ADAPTER_DIR
+    if trainer.is_world_process_zero():
+        with atomic_dir(final) as tmp:
+            trainer.model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+    trainer.accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,62 @@
+"""Shared fixtures. Every test runs offline: nothing may wait on a network time-out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import pytest  # noqa: E402
+
+from tiny import ES_SYNTH, WHISPER_BASE, save_tiny_model, tiny_corpus, tiny_processor  # noqa: E402
+
+needs_shared = pytest.mark.skipif(
+    not (WHISPER_BASE.is_dir() and ES_SYNTH.is_dir()),
+    reason=f"needs the real Whisper base and es-synth corpus in {WHISPER_BASE.parents[1]} (../shared beside the "
+           "checkout); a fresh clone of the project does not have them",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-whisper"))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture()
+def processor():
+    proc = tiny_processor()
+    proc.tokenizer.set_prefix_tokens(language="es", task="transcribe", predict_timestamps=False)
+    return proc
+
+
+def tiny_recipe(model_dir: Path, corpus: Path, output_dir: Path, **sections) -> dict:
+    """A raw recipe dict for the tiny model and corpus; `sections` update the defaults section by section."""
+    raw = {
+        "model": {"name": str(model_dir), "language": "es"},
+        "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0},
+        "data": {
+            "train": [{"path": str(corpus), "split": "train"}],
+            "eval": [{"path": str(corpus), "split": "validation"}],
+            "test": [{"path": str(corpus), "split": "test", "name": "tiny test"}],
+        },
+        "train": {"learning_rate": 1.0e-2, "max_steps": 2, "per_device_train_batch_size": 4, "eval_steps": 2,
+                  "logging_steps": 1, "warmup_steps": 0.0},
+        "eval": {"batch_size": 4, "max_new_tokens": 8},
+        "output": {"parity_clips": 2},
+        "output_dir": str(output_dir),
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw[name], **values} if isinstance(raw.get(name), dict) else values
+    return raw

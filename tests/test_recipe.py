@@ -1,0 +1,172 @@
+"""The recipe schema: shipped recipes validate, and every kind of mistake gives a readable, pinned message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune.recipe import RecipeError, apply_override, dump, load_recipe, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+MINIMAL = {
+    "model": {"name": "openai/whisper-tiny"},
+    "data": {"train": {"hub": "some/dataset"}, "eval": {"hub": "some/dataset", "split": "validation"}},
+    "output_dir": "runs/x",
+}
+
+
+def problems(raw: dict) -> list[str]:
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    return info.value.problems
+
+
+def with_(**changes) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for key, value in changes.items():
+        apply_override(raw, f"{key.replace('__', '.')}={value}")
+    return raw
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.data.train and recipe.data.test_sets
+    assert validate(yaml.safe_load(dump(recipe))) == recipe  # the saved, resolved recipe loads back the same
+
+
+def test_there_are_recipes_to_check() -> None:
+    assert {p.name for p in RECIPES} >= {"spanish.yaml", "demo.yaml", "es-synth-base.yaml"}
+
+
+def test_defaults_fill_in() -> None:
+    recipe = validate(MINIMAL)
+    assert recipe.lora.rank == 32 and recipe.train.resume is False and recipe.eval.metric_for_best == "wer"
+    assert recipe.data.test_sets == recipe.data.eval  # no test sets: the eval sets are reported
+
+
+def test_typo_gives_did_you_mean() -> None:
+    raw = with_()
+    raw["lora"] = {"rnak": 8}
+    assert problems(raw) == ["lora.rnak: unknown key; did you mean 'lora.rank'?"]
+
+
+def test_unknown_key_without_close_match_lists_valid_keys() -> None:
+    raw = with_()
+    raw["eval"] = {"zzz": 1}
+    assert problems(raw) == ["eval.zzz: unknown key; valid keys: baseline, batch_size, max_new_tokens, "
+                             "metric_for_best, num_beams"]
+
+
+def test_wrong_type_names_key_and_value() -> None:
+    assert problems(with_(train__learning_rate="fast")) == [
+        "train.learning_rate: Input should be a valid number, unable to parse string as a number (got 'fast')"]
+
+
+def test_missing_required_field() -> None:
+    raw = with_()
+    del raw["output_dir"]
+    assert problems(raw) == ["output_dir: required but missing; add it to the recipe or pass output_dir=... on the "
+                             "command line"]
+
+
+def test_every_problem_reported_at_once() -> None:
+    raw = with_(train__learning_rate="fast", lora__rank=0, model__language="klingon")
+    raw["train"]["epochs"] = 3
+    found = problems(raw)
+    assert len(found) == 4
+    assert "train.epochs: unknown key; did you mean 'train.num_train_epochs'?" in found
+    assert any(p.startswith("lora.rank: Input should be greater than 0 (got 0)") for p in found)
+    assert any("unknown Whisper language 'klingon'" in p and "Valid codes:" in p for p in found)
+
+
+def test_language_names_and_codes() -> None:
+    assert validate(with_(model__language="Spanish")).model.language == "es"
+    assert validate(with_(model__language="ES")).model.language == "es"
+    assert problems(with_(model__language="spanisch"))[0].startswith(
+        "model.language: unknown Whisper language 'spanisch'. Did you mean 'spanish'")
+
+
+def test_source_needs_exactly_one_origin() -> None:
+    raw = with_()
+    raw["data"]["train"] = {"hub": "a/b", "path": "/data"}
+    assert problems(raw) == ["data.train.0: give exactly one of `hub:` (a Hub dataset id) or `path:` (a local "
+                             "audiofolder)"]
+
+
+def test_bf16_and_fp16_conflict() -> None:
+    found = problems(with_(train__bf16="true", train__fp16="true"))
+    assert found == ["train: bf16 and fp16 are both true: choose one (bf16 where the hardware has it)"]
+
+
+def test_extra_training_arguments_are_checked() -> None:
+    assert validate(with_(train__extra="{adam_beta2: 0.98}")).train.extra == {"adam_beta2": 0.98}
+    found = problems(with_(train__extra="{adam_beta: 0.98, learning_rate: 0.1, eval_steps: 5}"))
+    assert len(found) == 1
+    assert "extra.adam_beta is not a Seq2SeqTrainingArguments field. Did you mean 'adam_beta" in found[0]
+    assert "extra.learning_rate is set by the recipe itself: use train.learning_rate" in found[0]
+    assert "extra.eval_steps is set by the recipe itself" in found[0]
+
+
+@pytest.mark.parametrize("value,expected", [("auto", True), ("true", True), ("false", False), ("never", False),
+                                            ("runs/x/checkpoint-10", "runs/x/checkpoint-10")])
+def test_resume_values(value: str, expected) -> None:
+    assert validate(with_(train__resume=value)).train.resume == expected
+
+
+def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    recipe = load_recipe(path, ["train.learning_rate=5.0e-4", "output_dir=runs/es-lr5e-4", "train.bf16=true",
+                                "lora.target_modules=[q_proj, v_proj]", "data.train.0.max_samples=10"])
+    assert recipe.train.learning_rate == 5.0e-4 and recipe.output_dir == "runs/es-lr5e-4" and recipe.train.bf16
+    assert recipe.lora.target_modules == ["q_proj", "v_proj"] and recipe.data.train[0].max_samples == 10
+
+
+def test_override_problems_are_reported_like_file_problems(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["train.learnig_rate=1.0e-3"])
+    assert info.value.problems == ["train.learnig_rate: unknown key; did you mean 'train.learning_rate'?"]
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["train.learning_rate", "data.train.5.path=x"])
+    assert info.value.problems == [
+        "override 'train.learning_rate': expected section.key=value, e.g. train.learning_rate=5.0e-4",
+        "override 'data.train.5.path=x': '5' is not an index of a list of 1 items",
+    ]
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_only_safe_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_cli_reports_recipe_errors_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    raw = with_()
+    raw["lora"] = {"rnak": 8}
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, str(ROOT / "finetune" / "run.py"), str(path), "train.bf16=maybe"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "2 problems" in done.stderr
+    assert "lora.rnak: unknown key; did you mean 'lora.rank'?" in done.stderr
+    assert "train.bf16: Input should be a valid boolean" in done.stderr and "(got 'maybe')" in done.stderr

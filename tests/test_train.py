@@ -1,0 +1,101 @@
+"""Training on a tiny model, in-process: only LoRA weights move, merging is exact, and the loss and gradients do
+not depend on gradient accumulation or activation checkpointing (PITFALLS #3, #4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_recipe
+from tiny import tone, write_audiofolder
+
+from finetune.collator import SpeechCollator
+from finetune.data import load_data
+from finetune.model import add_lora, load_model, load_processor
+from finetune.recipe import validate
+from finetune.train import build_trainer, resume_checkpoint, save_adapter, training_arguments
+
+EVEN_TEXTS = ["hola mundo", "casa verde", "gato negro", "perro azul"]  # equal length: equal token counts
+
+
+@pytest.fixture(scope="module")
+def even_corpus(tmp_path_factory) -> Path:
+    """4 training clips whose labels have equal lengths, so every way of batching them averages the same tokens."""
+    root = tmp_path_factory.mktemp("even")
+    for split, n in {"train": 4, "validation": 2, "test": 2}.items():
+        write_audiofolder(root, [{"name": f"{i}.wav", "text": EVEN_TEXTS[i], "audio": tone(1.0, freq=300 + 50 * i,
+                                                                                          seed=i)}
+                                 for i in range(n)], split)
+    return root
+
+
+def make_trainer(tmp_path: Path, model_dir: Path, corpus: Path, **train):
+    recipe = validate(tiny_recipe(model_dir, corpus, tmp_path / "out", train=train))
+    processor = load_processor(recipe.model)
+    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
+    data = load_data(recipe.data, processor.tokenizer)
+    return build_trainer(recipe, model, processor, data, training_arguments(recipe)), recipe, processor
+
+
+def first_step(tmp_path: Path, model_dir: Path, corpus: Path, **train) -> tuple[float, float]:
+    trainer, _, _ = make_trainer(tmp_path, model_dir, corpus, max_steps=1, eval_steps=1, logging_steps=1, **train)
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    return logged["loss"], logged["grad_norm"]
+
+
+def test_only_lora_weights_change(tmp_path, tiny_model_dir, even_corpus) -> None:
+    trainer, _, _ = make_trainer(tmp_path, tiny_model_dir, even_corpus)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base
+    assert all(not after[n].requires_grad for n in base)
+    assert all(torch.equal(before[n], after[n]) for n in base), "a base weight changed"
+    assert any(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n), "no LoRA weight changed"
+
+
+def test_merged_model_gives_the_adapter_logits(tmp_path, tiny_model_dir, even_corpus) -> None:
+    trainer, _, processor = make_trainer(tmp_path, tiny_model_dir, even_corpus)
+    trainer.train()
+    model = trainer.model.eval()
+    collate = SpeechCollator(processor, model.config.decoder_start_token_id)
+    batch = collate([{"waveform": tone(1.2, seed=9), "labels": processor.tokenizer("hola mundo").input_ids}])
+    with torch.no_grad():
+        adapter_logits = model(**batch).logits
+        merged = model.merge_and_unload()
+        merged_logits = merged(**batch).logits
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-5)
+
+
+def test_loss_and_gradients_do_not_change_with_gradient_accumulation(tmp_path, tiny_model_dir, even_corpus) -> None:
+    loss_1x4, norm_1x4 = first_step(tmp_path / "a", tiny_model_dir, even_corpus, per_device_train_batch_size=4)
+    loss_2x2, norm_2x2 = first_step(tmp_path / "b", tiny_model_dir, even_corpus, per_device_train_batch_size=2,
+                                    gradient_accumulation_steps=2)
+    assert loss_2x2 == pytest.approx(loss_1x4, rel=1e-4)  # was 2x before model.accepts_loss_kwargs = False
+    assert norm_2x2 == pytest.approx(norm_1x4, rel=1e-3)
+
+
+def test_activation_checkpointing_with_lora_gives_the_same_step(tmp_path, tiny_model_dir, even_corpus) -> None:
+    plain = first_step(tmp_path / "a", tiny_model_dir, even_corpus)
+    checkpointed = first_step(tmp_path / "b", tiny_model_dir, even_corpus, gradient_checkpointing=True)
+    assert checkpointed == pytest.approx(plain, rel=1e-4)
+
+
+def test_resume_auto_continues_from_the_latest_checkpoint(tmp_path, tiny_model_dir, even_corpus) -> None:
+    trainer, recipe, processor = make_trainer(tmp_path, tiny_model_dir, even_corpus, max_steps=2, eval_steps=1)
+    trainer.train()
+    assert resume_checkpoint(recipe) is None  # resume: false starts fresh (and warns)
+    trainer, recipe, _ = make_trainer(tmp_path, tiny_model_dir, even_corpus, max_steps=3, eval_steps=1,
+                                      resume="auto")
+    checkpoint = resume_checkpoint(recipe)
+    assert checkpoint == str(tmp_path / "out" / "checkpoint-2")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    assert trainer.state.global_step == 3
+    adapter = save_adapter(trainer, processor, recipe.output_dir)
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.parent.glob(".adapter.tmp-*"))
