@@ -15,7 +15,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import pytest  # noqa: E402
 
-from tiny import ES_SYNTH, WHISPER_BASE, save_tiny_model, tiny_corpus, tiny_processor  # noqa: E402
+from tiny import ES_SYNTH, WHISPER_BASE, save_tiny_model, tiny_corpus, tiny_processor, tone, write_audiofolder  # noqa: E402,E501
+
+EVEN_TEXTS = ["hola mundo", "casa verde", "gato negro", "perro azul"]  # equal length: equal token counts
 
 needs_shared = pytest.mark.skipif(
     not (WHISPER_BASE.is_dir() and ES_SYNTH.is_dir()),
@@ -32,6 +34,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     return tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def even_corpus(tmp_path_factory) -> Path:
+    """4 training clips with equal label lengths, so every way of batching them (one batch of 4, 2 x 2 with
+    accumulation, 2 ranks x 2) averages the loss over the same tokens."""
+    root = tmp_path_factory.mktemp("even")
+    for split, n in {"train": 4, "validation": 2, "test": 2}.items():
+        write_audiofolder(root, [{"name": f"{i}.wav", "text": EVEN_TEXTS[i],
+                                  "audio": tone(1.0, freq=300 + 50 * i, seed=i)} for i in range(n)], split)
+    return root
 
 
 @pytest.fixture()

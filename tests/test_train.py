@@ -8,27 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_recipe
-from tiny import tone, write_audiofolder
+from tiny import tone
 
 from finetune.collator import SpeechCollator
 from finetune.data import load_data
 from finetune.model import add_lora, load_model, load_processor
 from finetune.recipe import validate
 from finetune.train import build_trainer, resume_checkpoint, save_adapter, training_arguments
-
-EVEN_TEXTS = ["hola mundo", "casa verde", "gato negro", "perro azul"]  # equal length: equal token counts
-
-
-@pytest.fixture(scope="module")
-def even_corpus(tmp_path_factory) -> Path:
-    """4 training clips whose labels have equal lengths, so every way of batching them averages the same tokens."""
-    root = tmp_path_factory.mktemp("even")
-    for split, n in {"train": 4, "validation": 2, "test": 2}.items():
-        write_audiofolder(root, [{"name": f"{i}.wav", "text": EVEN_TEXTS[i], "audio": tone(1.0, freq=300 + 50 * i,
-                                                                                          seed=i)}
-                                 for i in range(n)], split)
-    return root
-
 
 def make_trainer(tmp_path: Path, model_dir: Path, corpus: Path, **train):
     recipe = validate(tiny_recipe(model_dir, corpus, tmp_path / "out", train=train))

@@ -1,0 +1,116 @@
+"""finetune/run.py as a user runs it, in a subprocess: one process, and two DDP ranks on CPU (PITFALLS #6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_recipe
+from tiny import tone
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = str(ROOT / "finetune" / "run.py")
+# Two gloo ranks on CPU. `--cpu --num_processes 2` would silently run ONE process (PITFALLS #6).
+TWO_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(recipe: dict, tmp_path: Path, *overrides: str, launcher: list[str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    launch = launcher + ["--main_process_port", str(free_port())] if launcher else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, *launch, RUN, str(path), *overrides], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=tmp_path)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done
+
+
+def first_logged_step(output_dir: Path) -> dict:
+    state = json.loads(next(output_dir.glob("checkpoint-*/trainer_state.json")).read_text())
+    return next(entry for entry in state["log_history"] if "loss" in entry)
+
+
+def test_full_run_writes_every_output(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+    out = tmp_path / "run"
+    done = run_cli(tiny_recipe(tiny_model_dir, corpus_dir, out), tmp_path)
+    assert "Traceback" not in done.stderr
+    for name in ["recipe.yaml", "environment.json", "results.json", "report.md", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "merged/model.safetensors", "merged/generation_config.json",
+                 "predictions/tiny_test.jsonl"]:
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    tiny_test = results["test_sets"]["tiny test"]
+    assert {"wer", "cer", "wer_ortho", "cer_ortho"} <= set(tiny_test["fine_tuned"]) <= \
+        set(tiny_test["zero_shot"]) | {"wer"} | set(tiny_test["fine_tuned"])
+    assert results["merged"]["parity"]["ok"] and results["merged"]["parity"]["clips"] == 2
+    assert results["training"]["global_step"] == 2
+    assert json.loads((out / "environment.json").read_text())["world_size"] == 1
+    assert "parity with base+adapter: 2/2 identical" in done.stderr
+    generation = json.loads((out / "merged" / "generation_config.json").read_text())
+    assert generation["language"] == "es" and generation["task"] == "transcribe"
+    assert not list(out.glob(".*tmp*")), "a temporary directory was left behind"
+
+
+def test_merged_model_loads_in_a_plain_pipeline(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+    out = tmp_path / "run"
+    run_cli(tiny_recipe(tiny_model_dir, corpus_dir, out, output={"parity_clips": 1}), tmp_path,
+            "output.parity_clips=1", "eval.baseline=false")
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(out / "merged"))
+    assert asr.model.generation_config.language == "es"
+    assert isinstance(asr({"raw": tone(1.0), "sampling_rate": 16_000})["text"], str)
+
+
+def test_check_mode_trains_nothing(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+    out = tmp_path / "run"
+    done = run_cli(tiny_recipe(tiny_model_dir, corpus_dir, out), tmp_path, "--check")
+    assert "Check passed" in done.stderr and "| train |" in done.stderr
+    assert not list(out.glob("checkpoint-*")) and not (out / "adapter").exists()
+
+
+def test_missing_local_model_and_unreachable_hub_model_say_what_to_do(tmp_path: Path, corpus_dir: Path) -> None:
+    done = run_cli(tiny_recipe(tmp_path / "no-model", corpus_dir, tmp_path / "run"), tmp_path, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "model.name: directory" in done.stderr and "does not exist" in done.stderr
+    recipe = tiny_recipe(tmp_path, corpus_dir, tmp_path / "run")
+    recipe["model"]["name"] = "openai/whisper-tiny"
+    done = run_cli(recipe, tmp_path, check=False)  # HF_HUB_OFFLINE=1 in tests: as if the Hub were unreachable
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "could not load 'openai/whisper-tiny' from the Hugging Face Hub" in done.stderr
+    assert "model.name=/path/to/whisper-dir" in done.stderr
+
+
+def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Path, even_corpus: Path) -> None:
+    steps = {"max_steps": 1, "eval_steps": 1, "logging_steps": 1}
+    one = tmp_path / "one"
+    run_cli(tiny_recipe(tiny_model_dir, even_corpus, one, train={**steps, "per_device_train_batch_size": 4}),
+            tmp_path, "output.merge=false")
+    two = tmp_path / "two"
+    done = run_cli(tiny_recipe(tiny_model_dir, even_corpus, two, train={**steps, "per_device_train_batch_size": 2}),
+                   tmp_path, "output.merge=false", launcher=TWO_RANKS)
+    environment = json.loads((two / "environment.json").read_text())
+    assert environment["world_size"] == 2, "accelerate launch started one process, not two"
+    assert "world size 2" in done.stderr
+    single, ddp = first_logged_step(one), first_logged_step(two)
+    # Equal token counts per rank: the DDP mean over ranks equals the single-process mean (PITFALLS #3).
+    assert ddp["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    assert ddp["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-3)
+    assert (two / "results.json").is_file()
