@@ -18,6 +18,7 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 from datasets import Audio, Dataset, Features, List, Value, concatenate_datasets, load_dataset
 
+from finetune.hub import hub_problem
 from finetune.recipe import DataConfig, RecipeError, Source
 
 SAMPLE_RATE = 16_000  # Hz: what Whisper's feature extractor expects
@@ -55,19 +56,7 @@ class PreparedData:
 
 def load_source(src: Source) -> Dataset:
     """The raw dataset of one source, with its audio column left undecoded (we decode it ourselves)."""
-    try:
-        if src.hub:
-            ds = load_dataset(src.hub, src.config, split=src.split)
-        else:
-            root = Path(src.path or "").expanduser()
-            if not root.is_dir():
-                raise RecipeError("data", [f"{src.label}: path {str(root.resolve())!r} is not a directory"])
-            ds = load_dataset("audiofolder", data_dir=str(root), split=src.split)
-    except RecipeError:
-        raise
-    except Exception as err:  # datasets raises many types here (not found, offline, bad split, bad layout)
-        where = f"Hub dataset {src.hub!r}" if src.hub else f"audiofolder {src.path!r}"
-        raise RecipeError("data", [f"{src.label}: could not load {where}: {type(err).__name__}: {err}"]) from None
+    ds = _load_hub(src) if src.hub else _load_audiofolder(src)
     missing = [c for c in (src.audio_column, src.text_column) if c not in ds.column_names]
     if missing:
         raise RecipeError("data", [
@@ -78,6 +67,34 @@ def load_source(src: Source) -> Dataset:
         ds = ds.select(range(min(src.max_samples, len(ds))))
     ds = ds.select_columns([src.audio_column, src.text_column])
     return ds.cast_column(src.audio_column, Audio(decode=False))
+
+
+def _load_audiofolder(src: Source) -> Dataset:
+    root = Path(src.path or "").expanduser()
+    if not root.is_dir():
+        raise RecipeError("data", [f"{src.label}: path {str(root.resolve())!r} is not a directory"])
+    try:
+        return load_dataset("audiofolder", data_dir=str(root), split=src.split)
+    except Exception as err:  # no audio files, bad metadata.csv, unknown split, ...
+        raise RecipeError("data", [f"{src.label}: could not load audiofolder {src.path!r}: "
+                                   f"{type(err).__name__}: {err}"]) from None
+
+
+def _load_hub(src: Source) -> Dataset:
+    """A Hub dataset; when the Hub is away (checked once, quickly), straight from the local cache or a clear error."""
+    import datasets.config
+
+    problem = hub_problem(src.hub or "", "dataset")
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = offline or problem is not None  # no minutes of retries against a dead Hub
+    try:
+        return load_dataset(src.hub, src.config, split=src.split)
+    except Exception as err:  # not found, not cached, bad config or split, ...
+        why = f"{problem}, and it is not in the local cache" if problem else f"{type(err).__name__}: {err}"
+        raise RecipeError("data", [f"{src.label}: could not load Hub dataset {src.hub!r} ({why}). Check the id, "
+                                   f"config and split, or use a local copy (`path:` to an audiofolder)."]) from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
 
 
 def decode_audio(value: dict[str, Any]) -> np.ndarray:

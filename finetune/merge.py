@@ -26,6 +26,7 @@ def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperPro
     set_decoding(tuned.get_base_model(), recipe.eval)
     with_adapter = transcribe(tuned, processor, parity_waveforms)
     merged = tuned.merge_and_unload()
+    merged.config.use_cache = True  # training turned the KV cache off; inference wants it back
     with atomic_dir(final) as tmp:
         merged.save_pretrained(tmp)  # weights + config + generation_config (language, task)
         processor.save_pretrained(tmp)

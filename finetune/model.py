@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from finetune.hub import hub_problem
 from finetune.recipe import EvalConfig, LoraConfig, ModelConfig, RecipeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -21,28 +21,39 @@ def is_local(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def _load_error(cfg: ModelConfig, err: Exception) -> RecipeError:
-    if is_local(cfg.name):
-        path = Path(cfg.name).expanduser().resolve()
-        if not path.is_dir():
-            return RecipeError("model", [f"model.name: directory {str(path)!r} does not exist"])
-        return RecipeError("model", [f"model.name: {str(path)!r} is not a Whisper checkpoint in transformers format "
-                                     f"(config.json, model weights, tokenizer and preprocessor files): {err}"])
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}
-    why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached or has no such model"
+def _local_error(cfg: ModelConfig, err: Exception) -> RecipeError:
+    path = Path(cfg.name).expanduser().resolve()
+    if not path.is_dir():
+        return RecipeError("model", [f"model.name: directory {str(path)!r} does not exist"])
+    return RecipeError("model", [f"model.name: {str(path)!r} is not a Whisper checkpoint in transformers format "
+                                 f"(config.json, model weights, tokenizer and preprocessor files): {err}"])
+
+
+def _hub_error(cfg: ModelConfig, why: str) -> RecipeError:
     return RecipeError("model", [
-        f"model.name: could not load {cfg.name!r} from the Hugging Face Hub ({why}; {type(err).__name__}). "
-        f"Point it at a local copy instead: model.name=/path/to/whisper-dir on the command line, or `name:` "
-        f"under `model:` in the recipe."
+        f"model.name: could not load {cfg.name!r} from the Hugging Face Hub ({why}), and it is not in the local "
+        f"cache. Point it at a local copy instead: model.name=/path/to/whisper-dir on the command line, or "
+        f"`name:` under `model:` in the recipe."
     ])
+
+
+def _from_pretrained(load, cfg: ModelConfig, **kwargs):
+    """Load a local directory, or a Hub model after one quick check (the cache is used when the Hub is away)."""
+    if is_local(cfg.name):
+        try:
+            return load(cfg.name, **kwargs)
+        except (OSError, ValueError) as err:
+            raise _local_error(cfg, err) from None
+    problem = hub_problem(cfg.name, "model", cfg.revision)
+    try:
+        return load(cfg.name, revision=cfg.revision, local_files_only=problem is not None, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_error(cfg, problem or f"{type(err).__name__}: {err}") from None
 
 
 def load_processor(cfg: ModelConfig) -> WhisperProcessor:
     """Feature extractor + tokenizer, with the recipe's language/task as the tokenizer's prefix."""
-    try:
-        processor = WhisperProcessor.from_pretrained(cfg.name, revision=cfg.revision)
-    except (OSError, ValueError) as err:
-        raise _load_error(cfg, err) from None
+    processor = _from_pretrained(WhisperProcessor.from_pretrained, cfg)
     processor.tokenizer.set_prefix_tokens(language=cfg.language, task=cfg.task, predict_timestamps=False)
     return processor
 
@@ -50,14 +61,11 @@ def load_processor(cfg: ModelConfig) -> WhisperProcessor:
 def load_model(cfg: ModelConfig) -> WhisperForConditionalGeneration:
     """Base Whisper in the recipe's dtype, generating in the recipe's language and task."""
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(
-            cfg.name, revision=cfg.revision, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
-        )
+        model = _from_pretrained(WhisperForConditionalGeneration.from_pretrained, cfg, dtype=DTYPES[cfg.dtype],
+                                 attn_implementation=cfg.attn_implementation)
     except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
         raise RecipeError("model", [f"model.attn_implementation={cfg.attn_implementation!r}: {err}. "
                                     "Use sdpa (the default) or eager."]) from None
-    except (OSError, ValueError) as err:
-        raise _load_error(cfg, err) from None
     set_language(model, cfg.language, cfg.task)
     # Whisper's forward ignores `num_items_in_batch`; telling the Trainer so keeps the loss and gradients
     # unchanged by gradient accumulation and world size (PITFALLS #3).

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/spanish.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.learning_rate=5.0e-4")
     parser.add_argument("--check", action="store_true", help="validate recipe, data and model; train nothing")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:

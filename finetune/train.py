@@ -31,7 +31,7 @@ def check_cpu_threads(args: Seq2SeqTrainingArguments) -> None:
     available = max(1, (os.cpu_count() or 1) // max(1, args.world_size))
     if torch.get_num_threads() < available:
         log.warning("Training on CPU with %d torch thread(s) per process, %d core(s) available per process: "
-                    "accelerate launch sets OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process %d",
+                    "OMP_NUM_THREADS is 1 (accelerate launch sets it so unless given --num_cpu_threads_per_process %d)",
                     torch.get_num_threads(), available, available)
 
 

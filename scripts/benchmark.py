@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps to time (the first is warm-up)")
     parser.add_argument("--eval-clips", type=int, default=16, help="eval clips to transcribe")
     parser.add_argument("--output", default="benchmark.json", help="JSON file to write")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     setup_logging()
     try:
         with tempfile.TemporaryDirectory(prefix="finetune-bench-") as workdir:

@@ -30,11 +30,11 @@ def free_port() -> int:
 
 
 def run_cli(recipe: dict, tmp_path: Path, *overrides: str, launcher: list[str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     launch = launcher + ["--main_process_port", str(free_port())] if launcher else []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     done = subprocess.run([sys.executable, *launch, RUN, str(path), *overrides], capture_output=True, text=True,
                           timeout=600, env=env, cwd=tmp_path)
     if check:
@@ -98,6 +98,17 @@ def test_missing_local_model_and_unreachable_hub_model_say_what_to_do(tmp_path: 
     assert "model.name=/path/to/whisper-dir" in done.stderr
 
 
+def test_unreachable_hub_fails_at_once_not_after_retries(tmp_path: Path, corpus_dir: Path) -> None:
+    recipe = tiny_recipe(tmp_path, corpus_dir, tmp_path / "run")
+    recipe["model"]["name"] = "openai/whisper-tiny"
+    # Online mode, but the Hub endpoint is a closed port on this machine: refused at once, like a dead network.
+    closed = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+              "HF_HOME": str(tmp_path / "hf-home")}
+    done = run_cli(recipe, tmp_path, "--check", check=False, env=closed)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "the Hub could not be reached" in done.stderr and "not in the local cache" in done.stderr
+
+
 def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Path, even_corpus: Path) -> None:
     steps = {"max_steps": 1, "eval_steps": 1, "logging_steps": 1}
     one = tmp_path / "one"
@@ -114,3 +125,19 @@ def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Pa
     assert ddp["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert ddp["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-3)
     assert (two / "results.json").is_file()
+
+
+def test_benchmark_writes_its_json(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "unused")))
+    output = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), str(recipe), "--steps", "2",
+                           "--eval-clips", "2", "--output", str(output)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["world_size"] == 1 and result["torch_threads"] == 1 and result["device"] == "cpu"
+    assert result["train"]["steps"] == 2 and len(result["train"]["step_times_s"]) == 2
+    assert result["train"]["samples_per_s"] > 0 and result["eval"]["clips"] == 2
+    assert result["memory"]["peak_rss_gb"] > 0 and "torch" in result["versions"]
+    assert not (tmp_path / "unused").exists()  # benchmark outputs go to a temporary directory
