@@ -111,7 +111,8 @@ def decode_audio(value: dict[str, Any]) -> np.ndarray:
 def prepare_row(audio: dict[str, Any], text: str | None, tokenizer: Any, cfg: DataConfig) -> dict[str, Any]:
     """Decode, measure and tokenize one row; set `drop` to the reason it cannot train, or KEEP."""
     no_audio = np.zeros(0, dtype=np.float32)  # typed, so kept and dropped rows share one Arrow type
-    row: dict[str, Any] = {"waveform": no_audio, "duration": 0.0, "text": (text or "").strip(), "labels": [], "drop": KEEP}
+    row: dict[str, Any] = {"waveform": no_audio, "duration": 0.0, "text": (text or "").strip(), "labels": [],
+                           "drop": KEEP}
     if not row["text"]:
         row["drop"] = "empty transcript"
         return row

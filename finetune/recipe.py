@@ -128,6 +128,14 @@ class DataConfig(Section):
         # A single source may be written as a mapping; a list of them is the general form.
         return [v] if isinstance(v, dict) else v
 
+    @model_validator(mode="after")
+    def _unique_test_names(self) -> DataConfig:
+        labels = [src.label for src in self.test_sets]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"test sets {repeated} share a name: give each a distinct `name:` (reports key on it)")
+        return self
+
     @property
     def test_sets(self) -> list[Source]:
         return self.test or self.eval

@@ -99,6 +99,13 @@ def test_source_needs_exactly_one_origin() -> None:
                              "audiofolder)"]
 
 
+def test_test_sets_need_distinct_names() -> None:
+    raw = with_()
+    raw["data"]["test"] = [{"path": "/a/es"}, {"path": "/b/es"}]
+    assert problems(raw) == ["data: test sets ['es:train'] share a name: give each a distinct `name:` (reports key "
+                             "on it)"]
+
+
 def test_bf16_and_fp16_conflict() -> None:
     found = problems(with_(train__bf16="true", train__fp16="true"))
     assert found == ["train: bf16 and fp16 are both true: choose one (bf16 where the hardware has it)"]
