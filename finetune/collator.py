@@ -32,4 +32,7 @@ class SpeechCollator:
         labels = padded["input_ids"].masked_fill(padded["attention_mask"].ne(1), IGNORE_INDEX)
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]
-        return {"input_features": features["input_features"], "labels": labels}
+        batch = {"input_features": features["input_features"], "labels": labels}
+        if all("language" in row for row in rows):  # each clip's language, for generation (see WhisperTrainer)
+            batch["language"] = [row["language"] for row in rows]
+        return batch

@@ -89,29 +89,51 @@ class LoraConfig(Section):
 
 
 class Source(Section):
-    """One dataset: a Hub dataset (`hub`) or a local audiofolder directory (`path`)."""
+    """One dataset: a Hub dataset (`hub`), a local audiofolder directory (`path`) or a CSV/TSV/JSONL `manifest`."""
 
-    hub: str | None = Field(None, description="Hub dataset id, e.g. mozilla-foundation/common_voice_17_0")
-    config: str | None = Field(None, description="Hub dataset configuration, e.g. es")
+    hub: str | None = Field(None, description="Hub dataset id, e.g. facebook/multilingual_librispeech")
+    config: str | None = Field(None, description="Hub dataset configuration, e.g. spanish")
     path: str | None = Field(None, description="local audiofolder directory (metadata.csv + audio files)")
-    split: str = "train"
-    audio_column: str = "audio"
+    manifest: str | None = Field(None, description="CSV, TSV or JSONL file: one row per clip, audio paths relative "
+                                                   "to the manifest's folder (or absolute)")
+    split: str = Field("train", description="split of a Hub dataset or audiofolder (ignored for manifests)")
+    audio_column: str = Field("audio", description="column with the audio (a file path in manifests)")
     text_column: str = "transcription"
+    language: str | None = Field(None, description="language of this source's targets; default model.language")
+    language_column: str | None = Field(None, description="column giving each row's language code (per row)")
     max_samples: int | None = Field(None, gt=0, description="keep the first N rows (smoke runs)")
-    name: str | None = Field(None, description="label in logs and reports; derived from hub/path + split")
+    name: str | None = Field(None, description="label in logs and reports; derived from the origin + split")
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, v: str | None) -> str | None:
+        return None if v is None else language_code(v)
+
+    @field_validator("manifest")
+    @classmethod
+    def _manifest_kind(cls, v: str | None) -> str | None:
+        if v is not None and Path(v).suffix.lower() not in MANIFEST_SUFFIXES:
+            raise ValueError(f"manifest must end in one of {', '.join(MANIFEST_SUFFIXES)}")
+        return v
 
     @model_validator(mode="after")
     def _one_origin(self) -> Source:
-        if (self.hub is None) == (self.path is None):
-            raise ValueError("give exactly one of `hub:` (a Hub dataset id) or `path:` (a local audiofolder)")
+        if sum(x is not None for x in (self.hub, self.path, self.manifest)) != 1:
+            raise ValueError("give exactly one of `hub:` (a Hub dataset id), `path:` (a local audiofolder) or "
+                             "`manifest:` (a CSV/TSV/JSONL file)")
         return self
 
     @property
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.manifest:
+            return Path(self.manifest).name
         origin = self.hub if self.hub else Path(self.path or "").name
         return f"{origin}{'/' + self.config if self.config else ''}:{self.split}"
+
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
 class DataConfig(Section):
@@ -357,6 +379,8 @@ def suggest(name: str, known: list[str]) -> str | None:
 def _lookup(raw: Any, loc: tuple) -> Any:
     node = raw
     for part in loc:
+        if part == 0 and isinstance(node, dict):
+            continue  # a single source written as a mapping stands for a list of one
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):

@@ -72,7 +72,7 @@ def write_report(output_dir: str, language: str, tokenizer: Any, results: dict[s
         write_text(out / "predictions" / f"{slug(name)}.jsonl", "\n".join(lines) + "\n")
     write_json(out / "results.json", {
         "units": "percent", "normalizer": normalizer, "test_sets": results, "training": training,
-        "merged": merged, "data": [asdict(c) for c in counts],
+        "merged": merged, "data": [{k: v for k, v in asdict(c).items() if k != "dropped_rows"} for c in counts],
     })
     table = summary_table(results)
     parity = (merged or {}).get("parity")

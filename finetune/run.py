@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
 
-from finetune.data import counts_table, first_waveforms, load_data  # noqa: E402
+from finetune.data import counts_table, first_waveforms, load_data, save_data_report  # noqa: E402
 from finetune.merge import merge_adapter  # noqa: E402
 from finetune.model import add_lora, count_parameters, load_model, load_processor, set_decoding  # noqa: E402
 from finetune.outputs import is_main_process, log, save_run_info, setup_logging  # noqa: E402
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     # 4. Data: decoded to 16 kHz mono, tokenized, filtered; what was dropped is counted per source.
     data = load_data(recipe.data, processor.tokenizer, training_args.main_process_first)
     log.info("Data:\n%s", counts_table(data.counts))
+    if is_main_process():
+        log.info("Dropped rows, with reasons: %s", save_data_report(recipe.output_dir, data.counts))
     if args.check:
         log.info("Check passed: recipe, model and data are usable. Nothing was trained.")
         return 0

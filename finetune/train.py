@@ -91,9 +91,27 @@ def resume_checkpoint(recipe: Recipe) -> str | None:
     return str(resume)
 
 
+class WhisperTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer that generates each clip in its own language (mixed-language eval sets score right).
+
+    The collator's `language` list is no model input: it is dropped for the loss and handed to generate().
+    """
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        inputs = {k: v for k, v in inputs.items() if k != "language"}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        inputs = dict(inputs)
+        languages = inputs.pop("language", None)
+        if languages and "language" not in gen_kwargs:
+            gen_kwargs["language"] = languages[0] if len(set(languages)) == 1 else list(languages)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
+
 def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedData,
-                  args: Seq2SeqTrainingArguments) -> Seq2SeqTrainer:
-    return Seq2SeqTrainer(
+                  args: Seq2SeqTrainingArguments) -> WhisperTrainer:
+    return WhisperTrainer(
         model=model,
         args=args,
         train_dataset=data.train,

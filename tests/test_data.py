@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tiny import tone, write_audiofolder
 
-from finetune.data import SAMPLE_RATE, counts_table, load_data, prepare_source
+from finetune.data import SAMPLE_RATE, counts_table, load_data, prepare_source, save_data_report
 from finetune.recipe import DataConfig, RecipeError, Source
 
 
@@ -37,8 +40,11 @@ def test_bad_rows_are_dropped_with_counted_reasons(messy: Path, processor) -> No
     cfg = data_config(messy)
     kept, count = prepare_source(cfg.train[0], "train", processor.tokenizer, cfg)
     assert (count.rows, count.kept) == (8, 3)
-    assert count.dropped == {"empty transcript": 1, "unreadable audio": 2, "longer than 30 s": 1,
-                             "more than 448 label tokens": 1}
+    assert count.dropped == {"empty transcript": 1, "unreadable audio": 1, "empty audio file (0 bytes)": 1,
+                             "longer than 30 s": 1, "more than 448 label tokens": 1}
+    by_reason = {row["reason"]: row for row in count.dropped_rows}
+    assert by_reason["unreadable audio"]["audio"].endswith("corrupt.wav")
+    assert by_reason["empty transcript"]["row"] == 3 and by_reason["empty transcript"]["split"] == "train"
     assert sorted(kept["text"]) == ["adiós", "buenos días", "hola"]
 
 
@@ -65,7 +71,7 @@ def test_limits_come_from_the_recipe(messy: Path, processor) -> None:
 def test_counts_table_lists_every_reason(messy: Path, processor) -> None:
     data = load_data(data_config(messy), processor.tokenizer)
     table = counts_table(data.counts)
-    assert "| train | " in table and "| eval | " in table and "unreadable audio: 2" in table
+    assert "| train | " in table and "| eval | " in table and "unreadable audio: 1" in table
 
 
 def test_missing_column_lists_the_columns_that_exist(messy: Path, processor) -> None:
@@ -101,3 +107,72 @@ def test_source_labels() -> None:
         "facebook/multilingual_librispeech/spanish:dev"
     assert Source(path="/data/es-synth", split="test").label == "es-synth:test"
     assert Source(path="/x", name="mine").label == "mine"
+
+
+def ffmpeg(out: Path, *inputs: str) -> Path:
+    """Encode a 2 s 440 Hz tone (plus a video stream for video containers) with Debian's ffmpeg."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=44100",
+                    *inputs, "-shortest", str(out)], check=True)
+    return out
+
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (scripts/setup.sh)")
+VIDEO = ["-f", "lavfi", "-i", "color=c=black:s=64x64:d=2", "-map", "1:v", "-map", "0:a"]
+
+
+@needs_ffmpeg
+def test_manifests_with_relative_paths_and_any_format(tmp_path: Path, processor) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    files = [ffmpeg(media / "a.mp3"), ffmpeg(media / "b.ogg", "-c:a", "libopus"), ffmpeg(media / "c.m4a"),
+             ffmpeg(media / "d.mp4", *VIDEO), ffmpeg(media / "e.mkv", *VIDEO), ffmpeg(media / "f.webm", *VIDEO)]
+    names = [f"media/{f.name}" for f in files]
+    (tmp_path / "clips.csv").write_text("path,sentence\n" + "".join(f"{n},frase {i}\n" for i, n in enumerate(names)))
+    (tmp_path / "clips.tsv").write_text("path\tsentence\n" + "".join(f"{n}\tfrase {i}\n" for i, n in enumerate(names)))
+    (tmp_path / "clips.jsonl").write_text("".join(json.dumps({"file": str(tmp_path / n), "text": f"frase {i}"}) + "\n"
+                                                  for i, n in enumerate(names)))
+    sources = [{"manifest": str(tmp_path / "clips.csv"), "audio_column": "path", "text_column": "sentence"},
+               {"manifest": str(tmp_path / "clips.tsv"), "audio_column": "path", "text_column": "sentence"},
+               {"manifest": str(tmp_path / "clips.jsonl"), "audio_column": "file", "text_column": "text"}]
+    data = load_data(DataConfig(train=sources, eval=sources[:1]), processor.tokenizer)
+    assert [(c.source, c.rows, c.kept) for c in data.counts[:3]] == [("clips.csv", 6, 6), ("clips.tsv", 6, 6),
+                                                                      ("clips.jsonl", 6, 6)]
+    assert all(abs(d - 2.0) < 0.05 for d in data.train["duration"]), data.train["duration"]
+
+
+def test_manifest_problems(tmp_path: Path, processor) -> None:
+    write_audiofolder(tmp_path, [{"name": "ok.wav", "text": "hola", "audio": tone(1.0)}])
+    (tmp_path / "m.csv").write_text("audio,transcription\ntrain/ok.wav,hola\ntrain/gone.wav,adiós\n,sin audio\n")
+    cfg = DataConfig(train=[{"manifest": str(tmp_path / "m.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}])
+    data = load_data(cfg, processor.tokenizer)
+    assert data.counts[0].dropped == {"missing audio file": 1, "no audio path": 1} and data.counts[0].kept == 1
+    (tmp_path / "latin1.csv").write_bytes("audio,transcription\ntrain/ok.wav,adiós\n".encode("latin-1"))
+    cfg = DataConfig(train=[{"manifest": str(tmp_path / "latin1.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}])
+    with pytest.raises(RecipeError, match=r"is not UTF-8 \(byte 0xf3 at offset 36\)\. Re-save it as UTF-8"):
+        load_data(cfg, processor.tokenizer)
+
+
+def test_per_row_and_per_source_language(tmp_path: Path, processor) -> None:
+    rows = [{"name": f"{i}.wav", "text": t, "audio": tone(1.0)} for i, t in enumerate(["hola", "hello", "hallo"])]
+    write_audiofolder(tmp_path, rows)
+    (tmp_path / "m.csv").write_text("audio,transcription,lang\ntrain/0.wav,hola,es\ntrain/1.wav,hello,EN\n"
+                                    "train/2.wav,hallo,xx\n")
+    cfg = DataConfig(train=[{"manifest": str(tmp_path / "m.csv"), "language_column": "lang"},
+                            {"path": str(tmp_path), "language": "german"}], eval=[{"path": str(tmp_path)}])
+    data = load_data(cfg, processor.tokenizer)
+    tok = processor.tokenizer
+    assert data.counts[0].dropped == {"unknown language code 'xx'": 1}
+    languages = [tok.convert_ids_to_tokens(labels[1]) for labels in data.train["labels"]]
+    assert languages == ["<|es|>", "<|en|>", "<|de|>", "<|de|>", "<|de|>"]
+    assert data.train["language"] == ["es", "en", "de", "de", "de"]
+    assert data.eval["language"] == ["es"] * 3  # no language given: the recipe's (model.language)
+    assert data.eval["labels"][0] == tok("hola").input_ids  # same ids as the tokenizer's own prefix
+
+
+def test_dropped_rows_file(tmp_path: Path, messy: Path, processor) -> None:
+    data = load_data(data_config(messy), processor.tokenizer)
+    path = save_data_report(str(tmp_path / "out"), data.counts)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 15  # 5 bad rows, in train, eval and test (the test sets default to the eval sets)
+    assert {r["reason"] for r in rows} == {"empty transcript", "unreadable audio", "empty audio file (0 bytes)",
+                                           "longer than 30 s", "more than 448 label tokens"}

@@ -95,8 +95,11 @@ def test_language_names_and_codes() -> None:
 def test_source_needs_exactly_one_origin() -> None:
     raw = with_()
     raw["data"]["train"] = {"hub": "a/b", "path": "/data"}
-    assert problems(raw) == ["data.train.0: give exactly one of `hub:` (a Hub dataset id) or `path:` (a local "
-                             "audiofolder)"]
+    assert problems(raw) == ["data.train.0: give exactly one of `hub:` (a Hub dataset id), `path:` (a local "
+                             "audiofolder) or `manifest:` (a CSV/TSV/JSONL file)"]
+    raw["data"]["train"] = {"manifest": "clips.xlsx"}
+    assert problems(raw) == ["data.train.0.manifest: manifest must end in one of .csv, .tsv, .jsonl, .json "
+                             "(got 'clips.xlsx')"]
 
 
 def test_test_sets_need_distinct_names() -> None:

@@ -85,3 +85,23 @@ def test_resume_auto_continues_from_the_latest_checkpoint(tmp_path, tiny_model_d
     adapter = save_adapter(trainer, processor, recipe.output_dir)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.parent.glob(".adapter.tmp-*"))
+
+
+def test_each_clip_is_generated_in_its_own_language(tmp_path, tiny_model_dir, even_corpus, monkeypatch) -> None:
+    trainer, _, processor = make_trainer(tmp_path, tiny_model_dir, even_corpus)
+    collate = trainer.data_collator
+    rows = [{"waveform": tone(1.0), "labels": processor.tokenizer("hola").input_ids, "language": lang}
+            for lang in ("es", "en")]
+    seen = {}
+    real_generate = trainer.model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(trainer.model, "generate", spy)
+    trainer.prediction_step(trainer.model, collate(rows), prediction_loss_only=False)
+    assert seen["language"] == ["es", "en"] and "input_features" in seen
+    trainer.prediction_step(trainer.model, collate([{**rows[0]}, {**rows[0]}]), prediction_loss_only=False)
+    assert seen["language"] == "es"
+    assert trainer.compute_loss(trainer.model, collate(rows)).item() > 0  # `language` never reaches forward()
