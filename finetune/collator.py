@@ -15,7 +15,7 @@ IGNORE_INDEX = -100  # label positions the loss skips
 
 @dataclass
 class SpeechCollator:
-    """Rows with `waveform` and `labels` (prefix + text + <|endoftext|>) -> model inputs.
+    """Rows with `input_features` or `waveform`, and `labels` (prefix + text + <|endoftext|>) -> model inputs.
 
     The decoder start token (<|startoftranscript|>) is stripped from the labels only when every row starts with it:
     the model prepends it again when it shifts the labels right. Padding is masked from the attention mask, not by
@@ -25,14 +25,20 @@ class SpeechCollator:
     processor: Any
     decoder_start_token_id: int
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        waveforms = [np.asarray(row["waveform"], dtype=np.float32) for row in rows]
-        features = self.processor.feature_extractor(waveforms, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         padded = self.processor.tokenizer.pad({"input_ids": [row["labels"] for row in rows]}, return_tensors="pt")
         labels = padded["input_ids"].masked_fill(padded["attention_mask"].ne(1), IGNORE_INDEX)
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]
-        batch = {"input_features": features["input_features"], "labels": labels}
+        batch = {"input_features": self.features(rows), "labels": labels}
         if all("language" in row for row in rows):  # each clip's language, for generation (see WhisperTrainer)
             batch["language"] = [row["language"] for row in rows]
         return batch
+
+    def features(self, rows: list[dict[str, Any]]) -> torch.Tensor:
+        """Log-mel features: cached ones as they are, otherwise computed from the 16 kHz waveforms."""
+        if "input_features" in rows[0]:
+            return torch.from_numpy(np.stack([np.asarray(row["input_features"], dtype=np.float32) for row in rows]))
+        waveforms = [np.asarray(row["waveform"], dtype=np.float32) for row in rows]
+        extracted = self.processor.feature_extractor(waveforms, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        return extracted["input_features"]

@@ -10,31 +10,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 import numpy as np
-from datasets import Audio, Dataset, Features, List, Value, concatenate_datasets, load_dataset
+import torch
+from datasets import (Array2D, Audio, Dataset, Features, IterableDataset, List, Value, concatenate_datasets,
+                      interleave_datasets, load_dataset)
 
 from finetune.hub import hub_problem
 from finetune.outputs import write_text
-from finetune.recipe import DataConfig, RecipeError, Source, whisper_languages
+from finetune.recipe import (MAX_AUDIO_SECONDS, AugmentConfig, DataConfig, RecipeError, Source, TextNormalization,
+                             whisper_languages)
 
 SAMPLE_RATE = 16_000  # Hz: what Whisper's feature extractor expects
 PREP_VERSION = "1"  # bump when prepare_row changes, so cached results are not reused
 KEEP = ""  # drop reason of a row that is kept
-# Declared, not inferred: a batch of dropped rows (empty waveforms) must not decide the column types.
-PREPARED_FEATURES = Features({
-    "waveform": List(Value("float32")),
-    "duration": Value("float32"),
-    "text": Value("string"),
-    "labels": List(Value("int32")),
-    "language": Value("string"),
-    "ref": Value("string"),  # where the row came from (audio path or row number), for the dropped-rows file
-    "drop": Value("string"),
-})
+FEATURE_WRITER_BATCH = 64  # rows per Arrow write when storing features (~1 MB each): bounds RAM
 
 
 @dataclass
@@ -48,11 +43,12 @@ class SourceCount:
     hours: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    streamed: bool = False  # read lazily while training: not counted in advance
 
 
 @dataclass
 class PreparedData:
-    train: Dataset
+    train: Dataset | IterableDataset
     eval: Dataset
     test: dict[str, Dataset]
     counts: list[SourceCount]
@@ -62,14 +58,14 @@ def load_source(src: Source) -> Dataset:
     """The raw dataset of one source, with its audio column left undecoded (we decode it ourselves)."""
     ds = _load_hub(src) if src.hub else _load_manifest(src) if src.manifest else _load_audiofolder(src)
     wanted = [src.audio_column, src.text_column] + ([src.language_column] if src.language_column else [])
-    missing = [c for c in wanted if c not in ds.column_names]
+    missing = [c for c in wanted if c not in (ds.column_names or [])]
     if missing:
         raise RecipeError("data", [
             f"{src.label}: column(s) {missing} not found; the dataset has {ds.column_names}. "
             f"Set audio_column / text_column / language_column on this source."
         ])
     if src.max_samples is not None:
-        ds = ds.select(range(min(src.max_samples, len(ds))))
+        ds = ds.take(src.max_samples) if src.streaming else ds.select(range(min(src.max_samples, len(ds))))
     ds = ds.select_columns(wanted)
     return ds.cast_column(src.audio_column, Audio(decode=False))
 
@@ -90,14 +86,14 @@ def _load_manifest(src: Source) -> Dataset:
     builder, options = ("json", {}) if suffix in {".jsonl", ".json"} else ("csv", {"sep": "\t" if suffix == ".tsv"
                                                                                   else ","})
     try:
-        ds = load_dataset(builder, data_files=str(path), split="train", **options)
+        ds = load_dataset(builder, data_files=str(path), split="train", streaming=src.streaming, **options)
     except Exception as err:
         raise RecipeError("data", [f"{src.label}: could not parse manifest {str(path)!r}: "
                                    f"{type(err).__name__}: {err}"]) from None
-    if src.audio_column in ds.column_names:
+    if src.audio_column in (ds.column_names or []):
         folder = str(path.resolve().parent)
         ds = ds.map(lambda p: {src.audio_column: resolve_path(folder, p)}, input_columns=src.audio_column,
-                    desc=f"Resolving audio paths of {src.label}")
+                    **({} if src.streaming else {"desc": f"Resolving audio paths of {src.label}"}))
         ds = ds.cast_column(src.audio_column, Value("string"))  # JSON gives large_string, which Audio rejects
     return ds
 
@@ -115,7 +111,7 @@ def _load_audiofolder(src: Source) -> Dataset:
     if not root.is_dir():
         raise RecipeError("data", [f"{src.label}: path {str(root.resolve())!r} is not a directory"])
     try:
-        return load_dataset("audiofolder", data_dir=str(root), split=src.split)
+        return load_dataset("audiofolder", data_dir=str(root), split=src.split, streaming=src.streaming)
     except Exception as err:  # no audio files, bad metadata.csv, unknown split, ...
         raise RecipeError("data", [f"{src.label}: could not load audiofolder {src.path!r}: "
                                    f"{type(err).__name__}: {err}"]) from None
@@ -129,7 +125,7 @@ def _load_hub(src: Source) -> Dataset:
     offline = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = offline or problem is not None  # no minutes of retries against a dead Hub
     try:
-        return load_dataset(src.hub, src.config, split=src.split)
+        return load_dataset(src.hub, src.config, split=src.split, streaming=src.streaming)
     except Exception as err:  # not found, not cached, bad config or split, ...
         why = f"{problem}, and it is not in the local cache" if problem else f"{type(err).__name__}: {err}"
         raise RecipeError("data", [f"{src.label}: could not load Hub dataset {src.hub!r} ({why}). Check the id, "
@@ -156,6 +152,22 @@ def label_ids(tokenizer: Any, text: str, language: str) -> list[int]:
     return tokenizer.convert_tokens_to_ids(prefix) + text_ids + [tokenizer.eos_token_id]
 
 
+def normalize_text(text: str, cfg: TextNormalization) -> str:
+    """The recipe's optional target clean-up; with everything off, only surrounding whitespace goes."""
+    if cfg.unicode_nfc:
+        text = unicodedata.normalize("NFC", text)
+    if cfg.lowercase:
+        text = text.lower()
+    if cfg.strip_punctuation:
+        text = " ".join("".join(" " if unicodedata.category(c).startswith("P") else c for c in text).split())
+    return text.strip()
+
+
+def loudness_db(waveform: np.ndarray) -> float:
+    """RMS level in dBFS (0 dB = full scale)."""
+    return float(20 * np.log10(np.sqrt(np.mean(np.square(waveform, dtype=np.float64))) + 1e-10))
+
+
 def drop_reason_for_file(audio: dict[str, Any] | None) -> str | None:
     """Why an audio cell cannot be read before trying to decode it, or None."""
     if not audio or not (audio.get("bytes") or audio.get("path")):
@@ -168,15 +180,29 @@ def drop_reason_for_file(audio: dict[str, Any] | None) -> str | None:
     return "empty audio file (0 bytes)" if path.stat().st_size == 0 else None
 
 
-def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *, index: int, tokenizer: Any,
-                cfg: DataConfig, default_language: str) -> dict[str, Any]:
-    """Decode, measure and tokenize one row; set `drop` to the reason it cannot train, or KEEP."""
-    no_audio = np.zeros(0, dtype=np.float32)  # typed, so kept and dropped rows share one Arrow type
+def row_schema(feature_extractor: Any, store_features: bool) -> Features:
+    """Columns of a prepared row. Declared, not inferred: a batch of dropped rows must not decide the types."""
+    audio = ({"input_features": Array2D((feature_extractor.feature_size, feature_extractor.nb_max_frames), "float32")}
+             if store_features else {"waveform": List(Value("float32"))})
+    return Features({**audio, "duration": Value("float32"), "text": Value("string"), "labels": List(Value("int32")),
+                     "language": Value("string"), "ref": Value("string"), "drop": Value("string")})
+
+
+def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *, index: int, processor: Any,
+                cfg: DataConfig, default_language: str, store_features: bool) -> dict[str, Any]:
+    """Decode, measure and tokenize one row; set `drop` to the reason it cannot train, or KEEP.
+
+    Kept rows carry their log-mel `input_features` (store_features) or their 16 kHz `waveform`.
+    """
+    extractor = processor.feature_extractor
     language = str(language).strip().lower() if language else default_language
-    row: dict[str, Any] = {"waveform": no_audio, "duration": 0.0, "text": "" if text is None else str(text).strip(),
-                           "labels": [], "language": language, "ref": (audio or {}).get("path") or f"row {index}",
-                           "drop": KEEP}
-    if not row["text"]:
+    text = normalize_text("" if text is None else str(text), cfg.normalize)
+    row: dict[str, Any] = {"duration": 0.0, "text": text, "labels": [], "language": language,
+                           "ref": (audio or {}).get("path") or f"row {index}", "drop": KEEP}
+    # Typed placeholders, so kept and dropped rows share one Arrow type.
+    row.update({"input_features": np.zeros((extractor.feature_size, extractor.nb_max_frames), np.float32)}
+               if store_features else {"waveform": np.zeros(0, np.float32)})
+    if not text:
         row["drop"] = "empty transcript"
         return row
     if language not in whisper_languages():
@@ -191,39 +217,51 @@ def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *
         row["drop"] = "unreadable audio"
         return row
     row["duration"] = len(waveform) / SAMPLE_RATE
-    row["labels"] = label_ids(tokenizer, row["text"], language)
+    row["labels"] = label_ids(processor.tokenizer, text, language)
     if row["duration"] <= 0.0:
         row["drop"] = "no audio (0 s)"
     elif row["duration"] > cfg.max_duration_s:
         row["drop"] = f"longer than {cfg.max_duration_s:g} s"
     elif len(row["labels"]) - 1 > cfg.max_label_tokens:  # -1: the decoder start token is not a label
         row["drop"] = f"more than {cfg.max_label_tokens} label tokens"
+    elif cfg.drop_silence and loudness_db(waveform) < cfg.silence_threshold_db:
+        row["drop"] = f"silence (below {cfg.silence_threshold_db:g} dBFS)"
+    elif store_features:
+        row["input_features"] = extractor(waveform, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
     else:
         row["waveform"] = waveform
     return row
 
 
-def _fingerprint(ds: Dataset, tokenizer: Any, cfg: DataConfig, language: str) -> str:
+def _fingerprint(ds: Dataset, processor: Any, cfg: DataConfig, language: str, store_features: bool) -> str:
     """Deterministic cache key, so re-runs and the other ranks reuse the main process's work."""
-    key = [ds._fingerprint, tokenizer.name_or_path, tokenizer.prefix_tokens, language, cfg.max_duration_s,
-           cfg.max_label_tokens, PREP_VERSION]
-    return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+    key = [ds._fingerprint, processor.tokenizer.name_or_path, processor.tokenizer.prefix_tokens, language,
+           processor.feature_extractor.to_dict(), cfg.max_duration_s, cfg.max_label_tokens, cfg.normalize.model_dump(),
+           cfg.drop_silence, cfg.silence_threshold_db, store_features, PREP_VERSION]
+    return hashlib.sha256(json.dumps(key, default=str, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_source(src: Source, split: str, tokenizer: Any, cfg: DataConfig) -> tuple[Dataset, SourceCount]:
+def prepare_source(src: Source, split: str, processor: Any, cfg: DataConfig,
+                   store_features: bool) -> tuple[Dataset | IterableDataset, SourceCount]:
     raw = load_source(src)
-    language = src.language or tokenizer.language or "en"
+    language = src.language or processor.tokenizer.language or "en"
     columns = (src.audio_column, src.text_column, src.language_column)
-    prepared = raw.map(
-        lambda example, index, **kwargs: prepare_row(*(example.get(c) if c else None for c in columns),
-                                                     index=index, **kwargs),
+    options = dict(
         with_indices=True,
-        fn_kwargs={"tokenizer": tokenizer, "cfg": cfg, "default_language": language},
+        fn_kwargs={"processor": processor, "cfg": cfg, "default_language": language, "store_features": store_features},
         remove_columns=raw.column_names,
-        features=PREPARED_FEATURES,
-        num_proc=cfg.num_proc,
-        new_fingerprint=_fingerprint(raw, tokenizer, cfg, language),
-        desc=f"Preparing {split} {src.label}",
+        features=row_schema(processor.feature_extractor, store_features),
+    )
+    prepare = (lambda example, index, **kwargs:  # noqa: E731
+               prepare_row(*(example.get(c) if c else None for c in columns), index=index, **kwargs))
+    if src.streaming:  # lazily, row by row as training reads it: nothing to count in advance
+        prepared = raw.map(prepare, **options)
+        kept = prepared.filter(lambda reason: reason == KEEP, input_columns="drop").remove_columns(["drop", "ref"])
+        return kept, SourceCount(split=split, source=src.label, streamed=True)
+    prepared = raw.map(
+        prepare, **options, num_proc=cfg.num_proc, new_fingerprint=_fingerprint(raw, processor, cfg, language,
+                                                                                 store_features),
+        writer_batch_size=FEATURE_WRITER_BATCH if store_features else 1000, desc=f"Preparing {split} {src.label}",
     )
     reasons = prepared["drop"]
     dropped_at = [i for i, reason in enumerate(reasons) if reason != KEEP]
@@ -231,6 +269,8 @@ def prepare_source(src: Source, split: str, tokenizer: Any, cfg: DataConfig) -> 
                      "reason": r["drop"]} for i, r in zip(dropped_at, prepared.select(dropped_at)
                                                            .select_columns(["ref", "text", "drop"]))]
     kept = prepared.filter(lambda reason: reason == KEEP, input_columns="drop").remove_columns(["drop", "ref"])
+    if store_features:
+        kept = kept.with_format("numpy", columns=["input_features"], output_all_columns=True)
     count = SourceCount(split=split, source=src.label, rows=len(prepared), kept=len(kept),
                         hours=float(sum(kept["duration"])) / 3600,
                         dropped=dict(sorted(Counter(r["reason"] for r in dropped_rows).items())),
@@ -238,32 +278,89 @@ def prepare_source(src: Source, split: str, tokenizer: Any, cfg: DataConfig) -> 
     return kept, count
 
 
-def prepare_split(sources: list[Source], split: str, tokenizer: Any, cfg: DataConfig) -> tuple[Dataset, list]:
-    parts, counts = zip(*(prepare_source(s, split, tokenizer, cfg) for s in sources))
-    return concatenate_datasets(list(parts)), list(counts)
+def combine(parts: list, sources: list[Source], mixing: str, seed: int) -> Dataset | IterableDataset:
+    """One dataset from several: concatenated, or interleaved by the sources' probabilities (equal if unset)."""
+    if len(parts) == 1:
+        return parts[0]
+    if any(isinstance(p, IterableDataset) for p in parts):
+        parts = [p if isinstance(p, IterableDataset) else p.with_format(None).to_iterable_dataset() for p in parts]
+    if mixing == "concatenate":
+        return concatenate_datasets(parts)
+    given = [s.probability for s in sources]
+    probabilities = None if None in given else given
+    # all_exhausted: small sources are repeated until the largest one is used up, so no row is never seen.
+    return interleave_datasets(parts, probabilities=probabilities, seed=seed, stopping_strategy="all_exhausted")
 
 
-def load_data(cfg: DataConfig, tokenizer: Any,
+def prepare_split(sources: list[Source], split: str, processor: Any, cfg: DataConfig, store_features: bool,
+                  seed: int) -> tuple[Dataset | IterableDataset, list[SourceCount]]:
+    prepared = [prepare_source(s, split, processor, cfg, store_features) for s in sources]
+    return combine([p for p, _ in prepared], sources, cfg.mixing, seed), [c for _, c in prepared]
+
+
+def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = None, seed: int = 42,
               main_process_first: Callable[[], ContextManager] = contextlib.nullcontext) -> PreparedData:
-    """Train, eval and test data ready for the collator, plus what was kept and dropped per source."""
+    """Train, eval and test data ready for the collator, plus what was kept and dropped per source.
+
+    Train rows keep their waveform (features on the fly) when waveform augmentation is on or features are not
+    cached; eval and test rows store features whenever `cache_features` is on.
+    """
+    augment = augment or AugmentConfig()
+    train_features = cfg.cache_features and not augment.on_waveform
     with main_process_first():
-        train, train_counts = prepare_split(cfg.train, "train", tokenizer, cfg)
-        evaluation, eval_counts = prepare_split(cfg.eval, "eval", tokenizer, cfg)
+        train, train_counts = prepare_split(cfg.train, "train", processor, cfg, train_features, seed)
+        evaluation, eval_counts = prepare_split(cfg.eval, "eval", processor, cfg, cfg.cache_features, seed)
         test, test_counts = {}, []
         for src in cfg.test_sets:
-            test[src.label], count = prepare_source(src, "test", tokenizer, cfg)
+            test[src.label], count = prepare_source(src, "test", processor, cfg, cfg.cache_features)
             test_counts.append(count)
     counts = train_counts + eval_counts + test_counts
-    empty = [c.source for c in counts if c.kept == 0]
+    empty = [c.source for c in counts if c.kept == 0 and not c.streamed]
     if empty:
         raise RecipeError("data", [f"{name}: no usable rows left after filtering" for name in empty]
                           + ["what was kept and dropped:\n" + counts_table(counts)])
+    if augment.on_waveform:
+        perturb = WaveformAugment(augment)
+        train = train.map(perturb) if isinstance(train, IterableDataset) else train.with_transform(perturb.batch)
     return PreparedData(train=train, eval=evaluation, test=test, counts=counts)
 
 
-def first_waveforms(dataset: Dataset, n: int) -> list:
-    """The first n waveforms (reads only those rows)."""
-    return dataset.select(range(min(n, len(dataset))))["waveform"]
+class WaveformAugment:
+    """Speed perturbation and additive white noise, drawn anew each time a training row is read.
+
+    Uses torch's global generator, which the Trainer seeds (train.seed), so runs repeat.
+    """
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "waveform": self.perturb(np.asarray(row["waveform"], dtype=np.float32))}
+
+    def batch(self, rows: dict[str, list]) -> dict[str, list]:
+        return {**rows, "waveform": [self.perturb(np.asarray(w, dtype=np.float32)) for w in rows["waveform"]]}
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * torch.rand(()).item()
+
+    def perturb(self, waveform: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        if len(waveform) > 1 and torch.rand(()).item() < cfg.speed_prob:
+            factor = self._uniform(*cfg.speed_range)  # > 1: faster and shorter (pitch moves with it, as in Kaldi)
+            length = max(1, int(len(waveform) / factor))
+            waveform = np.interp(np.linspace(0, len(waveform) - 1, length), np.arange(len(waveform)),
+                                 waveform).astype(np.float32)
+        if torch.rand(()).item() < cfg.noise_prob:
+            snr_db = self._uniform(*cfg.noise_snr_db)
+            noise_rms = np.sqrt(np.mean(np.square(waveform, dtype=np.float64))) / 10 ** (snr_db / 20)
+            waveform = waveform + noise_rms * torch.randn(len(waveform)).numpy().astype(np.float32)
+        return waveform[: int(MAX_AUDIO_SECONDS * SAMPLE_RATE)]  # slowed-down clips stay within 30 s
+
+
+def first_rows(dataset: Dataset, n: int) -> list[dict[str, Any]]:
+    """The first n rows (reads only those), e.g. for the merge parity check."""
+    subset = dataset.select(range(min(n, len(dataset))))
+    return [subset[i] for i in range(len(subset))]
 
 
 def save_data_report(output_dir: str, counts: list[SourceCount]) -> Path:
@@ -278,6 +375,9 @@ def counts_table(counts: list[SourceCount]) -> str:
     """A Markdown table: one line per split and source, kept and dropped rows with reasons."""
     lines = ["| split | source | rows | kept | hours kept | dropped (reason: rows) |", "|---|---|---|---|---|---|"]
     for c in counts:
+        if c.streamed:
+            lines.append(f"| {c.split} | {c.source} | streamed | - | - | not counted (streamed) |")
+            continue
         dropped = ", ".join(f"{r}: {n}" for r, n in c.dropped.items()) or "none"
         lines.append(f"| {c.split} | {c.source} | {c.rows} | {c.kept} | {c.hours:.3f} | {dropped} |")
     return "\n".join(lines)

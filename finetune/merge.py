@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from finetune.collator import SpeechCollator
 from finetune.model import DTYPES, load_adapter, set_decoding, transcribe
 from finetune.outputs import atomic_dir, log
 from finetune.recipe import Recipe
@@ -15,26 +16,27 @@ MERGED_DIR = "merged"  # <output_dir>/merged
 
 
 def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperProcessor,
-                  parity_waveforms: list) -> dict[str, Any]:
+                  parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write <output_dir>/merged (weights, processor, generation config) atomically; compare transcripts.
 
     Parity: the merged checkpoint, reloaded from disk, must give the same greedy transcripts as the base model with
-    the saved adapter on top, on `parity_waveforms`.
+    the saved adapter on top, on `parity_rows` (prepared eval rows).
     """
     final = Path(recipe.output_dir) / MERGED_DIR
     tuned = load_adapter(recipe.model, adapter_dir).eval()
+    features = SpeechCollator(processor, tuned.config.decoder_start_token_id).features(parity_rows)
     set_decoding(tuned.get_base_model(), recipe.eval)
-    with_adapter = transcribe(tuned, processor, parity_waveforms)
+    with_adapter = transcribe(tuned, processor, features)
     merged = tuned.merge_and_unload()
     merged.config.use_cache = True  # training turned the KV cache off; inference wants it back
     with atomic_dir(final) as tmp:
         merged.save_pretrained(tmp)  # weights + config + generation_config (language, task)
         processor.save_pretrained(tmp)
     reloaded = WhisperForConditionalGeneration.from_pretrained(final, dtype=DTYPES[recipe.model.dtype]).eval()
-    from_merged = transcribe(reloaded, processor, parity_waveforms)
+    from_merged = transcribe(reloaded, processor, features)
     same = sum(a == b for a, b in zip(with_adapter, from_merged))
-    parity = {"clips": len(parity_waveforms), "identical": same, "ok": same == len(parity_waveforms),
+    parity = {"clips": len(parity_rows), "identical": same, "ok": same == len(parity_rows),
               "mismatches": [{"adapter": a, "merged": b} for a, b in zip(with_adapter, from_merged) if a != b]}
     log.info("Merged model written to %s; parity with base+adapter: %d/%d identical transcripts%s",
-             final, same, len(parity_waveforms), "" if parity["ok"] else " (MISMATCH, see results.json)")
+             final, same, len(parity_rows), "" if parity["ok"] else " (MISMATCH, see results.json)")
     return {"path": str(final), "parity": parity}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from finetune.hub import hub_problem
-from finetune.recipe import EvalConfig, LoraConfig, ModelConfig, RecipeError
+from finetune.recipe import AugmentConfig, EvalConfig, LoraConfig, ModelConfig, RecipeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -118,15 +117,22 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def set_spec_augment(model: WhisperForConditionalGeneration, cfg: AugmentConfig) -> None:
+    """Whisper's own SpecAugment: its forward masks time steps and mel bins while training, never in eval."""
+    model.config.apply_spec_augment = cfg.spec_augment
+    model.config.mask_time_prob = cfg.mask_time_prob
+    model.config.mask_time_length = cfg.mask_time_length
+    model.config.mask_feature_prob = cfg.mask_feature_prob
+    model.config.mask_feature_length = cfg.mask_feature_length
+
+
 @torch.inference_mode()
-def transcribe(model: torch.nn.Module, processor: WhisperProcessor, waveforms: list, batch_size: int = 8) -> list[str]:
-    """Texts for 16 kHz mono waveforms, decoded with the model's generation config (language, task, beams)."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+def transcribe(model: torch.nn.Module, processor: WhisperProcessor, features: torch.Tensor,
+               batch_size: int = 8) -> list[str]:
+    """Texts for log-mel features, decoded with the model's generation config (language, task, beams)."""
+    parameter = next(model.parameters())
     texts: list[str] = []
-    for start in range(0, len(waveforms), batch_size):
-        batch = [np.asarray(w, dtype=np.float32) for w in waveforms[start:start + batch_size]]
-        features = processor.feature_extractor(batch, sampling_rate=16_000, return_tensors="pt").input_features
-        ids = model.generate(input_features=features.to(device, dtype))
+    for start in range(0, len(features), batch_size):
+        ids = model.generate(input_features=features[start:start + batch_size].to(parameter.device, parameter.dtype))
         texts += [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return texts

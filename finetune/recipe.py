@@ -103,6 +103,10 @@ class Source(Section):
     language_column: str | None = Field(None, description="column giving each row's language code (per row)")
     max_samples: int | None = Field(None, gt=0, description="keep the first N rows (smoke runs)")
     name: str | None = Field(None, description="label in logs and reports; derived from the origin + split")
+    streaming: bool = Field(False, description="read lazily instead of downloading/preparing it all first "
+                                               "(train only; needs train.max_steps)")
+    probability: float | None = Field(None, gt=0.0, le=1.0, description="share of this source when "
+                                                                        "data.mixing is interleave")
 
     @field_validator("language")
     @classmethod
@@ -136,6 +140,14 @@ class Source(Section):
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
+class TextNormalization(Section):
+    """Optional clean-up of the targets, for references written inconsistently. Off: targets train as written."""
+
+    lowercase: bool = False
+    strip_punctuation: bool = False
+    unicode_nfc: bool = Field(False, description="compose accents (e + U+0301 -> é) so one spelling has one form")
+
+
 class DataConfig(Section):
     train: list[Source] = Field(min_length=1)
     eval: list[Source] = Field(min_length=1, description="scored during training; picks the best adapter")
@@ -143,12 +155,30 @@ class DataConfig(Section):
     max_duration_s: float = Field(MAX_AUDIO_SECONDS, gt=0.0, le=MAX_AUDIO_SECONDS)
     max_label_tokens: int = Field(MAX_TARGET_POSITIONS, gt=PROMPT_TOKENS, le=MAX_TARGET_POSITIONS)
     num_proc: int | None = Field(None, gt=0, description="processes for decoding/tokenizing; None = in-process")
+    mixing: Literal["concatenate", "interleave"] = Field(
+        "concatenate", description="several train sources: one after another, or interleaved by `probability`")
+    normalize: TextNormalization = Field(default_factory=TextNormalization)
+    drop_silence: bool = Field(False, description="drop clips whose loudness stays below silence_threshold_db")
+    silence_threshold_db: float = Field(-50.0, lt=0.0, description="RMS level in dBFS under which a clip is silent")
+    cache_features: bool = Field(True, description="compute log-mel features once and keep them in the datasets "
+                                                   "cache (~1 MB a clip); false = from the waveform every step")
 
     @field_validator("train", "eval", "test", mode="before")
     @classmethod
     def _wrap(cls, v: Any) -> Any:
         # A single source may be written as a mapping; a list of them is the general form.
         return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataConfig:
+        streamed = [s.label for s in self.eval + self.test if s.streaming]
+        if streamed:
+            raise ValueError(f"eval/test sources {streamed} stream: only train sources may (scores need every row)")
+        given = [s.probability for s in self.train]
+        if self.mixing == "interleave" and any(p is not None for p in given):
+            if None in given or abs(sum(given) - 1.0) > 1e-6:
+                raise ValueError(f"interleave probabilities {given} must be set on every train source and sum to 1")
+        return self
 
     @model_validator(mode="after")
     def _unique_test_names(self) -> DataConfig:
@@ -214,6 +244,34 @@ class TrainConfig(Section):
         return self
 
 
+class AugmentConfig(Section):
+    """Training-only augmentation, all off by default."""
+
+    spec_augment: bool = Field(False, description="Whisper's own SpecAugment (time and feature masking)")
+    mask_time_prob: float = Field(0.05, ge=0.0, le=1.0)
+    mask_time_length: int = Field(10, gt=0, description="frames (10 ms each)")
+    mask_feature_prob: float = Field(0.0, ge=0.0, le=1.0)
+    mask_feature_length: int = Field(10, gt=0, description="mel bins")
+    speed_prob: float = Field(0.0, ge=0.0, le=1.0, description="share of clips played faster or slower")
+    speed_range: tuple[float, float] = Field((0.9, 1.1), description="speed factor drawn uniformly from this range")
+    noise_prob: float = Field(0.0, ge=0.0, le=1.0, description="share of clips with white noise added")
+    noise_snr_db: tuple[float, float] = Field((10.0, 30.0), description="signal-to-noise ratio range, dB")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        low, high = self.speed_range
+        if not 0.5 <= low <= high <= 2.0:
+            raise ValueError(f"speed_range {list(self.speed_range)}: need 0.5 <= low <= high <= 2.0")
+        if self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError(f"noise_snr_db {list(self.noise_snr_db)}: low must not exceed high")
+        return self
+
+    @property
+    def on_waveform(self) -> bool:
+        """Waveform augmentation needs the waveform at every step (so features cannot be cached)."""
+        return self.speed_prob > 0 or self.noise_prob > 0
+
+
 class EvalConfig(Section):
     batch_size: int = Field(8, gt=0, description="clips per generate() call, per device")
     num_beams: int = Field(1, gt=0, description="1 = greedy")
@@ -234,9 +292,16 @@ class Recipe(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     output_dir: str = Field(description="where checkpoints, the adapter, the merged model and reports go")
+
+    @model_validator(mode="after")
+    def _streaming_needs_steps(self) -> Recipe:
+        if any(s.streaming for s in self.data.train) and self.train.max_steps <= 0:
+            raise ValueError("train: a streamed train source has no known length: set train.max_steps")
+        return self
 
 
 # Seq2SeqTrainingArguments fields that finetune/train.py sets from the recipe or fixes for Whisper + LoRA.

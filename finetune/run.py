@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
 
-from finetune.data import counts_table, first_waveforms, load_data, save_data_report  # noqa: E402
+from finetune.data import counts_table, first_rows, load_data, save_data_report  # noqa: E402
 from finetune.merge import merge_adapter  # noqa: E402
-from finetune.model import add_lora, count_parameters, load_model, load_processor, set_decoding  # noqa: E402
+from finetune.model import (add_lora, count_parameters, load_model, load_processor, set_decoding,  # noqa: E402
+                            set_spec_augment)
 from finetune.outputs import is_main_process, log, save_run_info, setup_logging  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
 from finetune.report import score_test_sets, write_report  # noqa: E402
@@ -51,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
     processor = load_processor(recipe.model)
     model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
     set_decoding(model.get_base_model(), recipe.eval)
+    set_spec_augment(model.get_base_model(), recipe.augment)
     log.info("Trainable parameters: %d of %d", *count_parameters(model))
 
-    # 4. Data: decoded to 16 kHz mono, tokenized, filtered; what was dropped is counted per source.
-    data = load_data(recipe.data, processor.tokenizer, training_args.main_process_first)
+    # 4. Data: decoded to 16 kHz mono, tokenized, filtered (drops counted per source), features cached.
+    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first)
     log.info("Data:\n%s", counts_table(data.counts))
     if is_main_process():
         log.info("Dropped rows, with reasons: %s", save_data_report(recipe.output_dir, data.counts))
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     results = score_test_sets(trainer, data.test, recipe.eval.baseline)
 
     # 7. Merge the best adapter into a full checkpoint and check parity (main process).
-    merged = merge_adapter(recipe, adapter_dir, processor, first_waveforms(data.eval, recipe.output.parity_clips)) \
+    merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
         if recipe.output.merge and is_main_process() else None
 
     # 8. Reports: results.json, report.md, predictions/.

@@ -65,7 +65,7 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     processor = load_processor(recipe.model)
     model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
     set_decoding(model.get_base_model(), recipe.eval)
-    data = load_data(recipe.data, processor.tokenizer, training_args.main_process_first)
+    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first)
     trainer = build_trainer(recipe, model, processor, data, training_args)
     timer = StepTimer()
     trainer.add_callback(timer)

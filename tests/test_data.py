@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from datasets import IterableDataset
 from tiny import tone, write_audiofolder
 
 from finetune.data import SAMPLE_RATE, counts_table, load_data, prepare_source, save_data_report
-from finetune.recipe import DataConfig, RecipeError, Source
+from finetune.collator import SpeechCollator
+from finetune.recipe import AugmentConfig, DataConfig, RecipeError, Source
 
 
 def data_config(path: Path, **limits) -> DataConfig:
@@ -38,7 +42,7 @@ def messy(tmp_path: Path) -> Path:
 
 def test_bad_rows_are_dropped_with_counted_reasons(messy: Path, processor) -> None:
     cfg = data_config(messy)
-    kept, count = prepare_source(cfg.train[0], "train", processor.tokenizer, cfg)
+    kept, count = prepare_source(cfg.train[0], "train", processor, cfg, store_features=False)
     assert (count.rows, count.kept) == (8, 3)
     assert count.dropped == {"empty transcript": 1, "unreadable audio": 1, "empty audio file (0 bytes)": 1,
                              "longer than 30 s": 1, "more than 448 label tokens": 1}
@@ -50,7 +54,7 @@ def test_bad_rows_are_dropped_with_counted_reasons(messy: Path, processor) -> No
 
 def test_audio_is_resampled_to_16k_mono(messy: Path, processor) -> None:
     cfg = data_config(messy)
-    kept, _ = prepare_source(cfg.train[0], "train", processor.tokenizer, cfg)
+    kept, _ = prepare_source(cfg.train[0], "train", processor, cfg, store_features=False)
     by_text = {row["text"]: row for row in kept}
     for text, seconds in [("hola", 1.0), ("buenos días", 2.0), ("adiós", 1.5)]:
         wave = np.asarray(by_text[text]["waveform"])
@@ -63,13 +67,13 @@ def test_audio_is_resampled_to_16k_mono(messy: Path, processor) -> None:
 
 def test_limits_come_from_the_recipe(messy: Path, processor) -> None:
     cfg = data_config(messy, max_duration_s=1.2, max_label_tokens=6)
-    _, count = prepare_source(cfg.train[0], "train", processor.tokenizer, cfg)
+    _, count = prepare_source(cfg.train[0], "train", processor, cfg, store_features=False)
     assert count.dropped["longer than 1.2 s"] == 3  # 2.0 s, 1.5 s and 31 s
     assert count.dropped["more than 6 label tokens"] >= 1
 
 
 def test_counts_table_lists_every_reason(messy: Path, processor) -> None:
-    data = load_data(data_config(messy), processor.tokenizer)
+    data = load_data(data_config(messy), processor)
     table = counts_table(data.counts)
     assert "| train | " in table and "| eval | " in table and "unreadable audio: 1" in table
 
@@ -77,28 +81,28 @@ def test_counts_table_lists_every_reason(messy: Path, processor) -> None:
 def test_missing_column_lists_the_columns_that_exist(messy: Path, processor) -> None:
     cfg = DataConfig(train=[{"path": str(messy), "text_column": "sentence"}], eval=[{"path": str(messy)}])
     with pytest.raises(RecipeError) as info:
-        load_data(cfg, processor.tokenizer)
+        load_data(cfg, processor)
     assert "column(s) ['sentence'] not found; the dataset has ['audio', 'transcription']" in str(info.value)
 
 
 def test_missing_directory_and_split(tmp_path: Path, messy: Path, processor) -> None:
     with pytest.raises(RecipeError, match="is not a directory"):
-        load_data(data_config(tmp_path / "nope"), processor.tokenizer)
+        load_data(data_config(tmp_path / "nope"), processor)
     cfg = DataConfig(train=[{"path": str(messy), "split": "validation"}], eval=[{"path": str(messy)}])
     with pytest.raises(RecipeError, match="could not load audiofolder"):
-        load_data(cfg, processor.tokenizer)
+        load_data(cfg, processor)
 
 
 def test_unreachable_hub_dataset_fails_fast_and_clearly(processor) -> None:
     cfg = DataConfig(train=[{"hub": "no-such-org/no-such-dataset"}], eval=[{"hub": "no-such-org/no-such-dataset"}])
     with pytest.raises(RecipeError, match="could not load Hub dataset 'no-such-org/no-such-dataset'"):
-        load_data(cfg, processor.tokenizer)
+        load_data(cfg, processor)
 
 
 def test_split_with_nothing_usable_is_an_error_with_the_table(tmp_path: Path, processor) -> None:
     write_audiofolder(tmp_path, [{"name": "a.wav", "text": "", "audio": tone(1.0)}])
     with pytest.raises(RecipeError) as info:
-        load_data(data_config(tmp_path), processor.tokenizer)
+        load_data(data_config(tmp_path), processor)
     assert "no usable rows left after filtering" in str(info.value) and "empty transcript: 1" in str(info.value)
 
 
@@ -134,7 +138,7 @@ def test_manifests_with_relative_paths_and_any_format(tmp_path: Path, processor)
     sources = [{"manifest": str(tmp_path / "clips.csv"), "audio_column": "path", "text_column": "sentence"},
                {"manifest": str(tmp_path / "clips.tsv"), "audio_column": "path", "text_column": "sentence"},
                {"manifest": str(tmp_path / "clips.jsonl"), "audio_column": "file", "text_column": "text"}]
-    data = load_data(DataConfig(train=sources, eval=sources[:1]), processor.tokenizer)
+    data = load_data(DataConfig(train=sources, eval=sources[:1]), processor)
     assert [(c.source, c.rows, c.kept) for c in data.counts[:3]] == [("clips.csv", 6, 6), ("clips.tsv", 6, 6),
                                                                       ("clips.jsonl", 6, 6)]
     assert all(abs(d - 2.0) < 0.05 for d in data.train["duration"]), data.train["duration"]
@@ -144,12 +148,12 @@ def test_manifest_problems(tmp_path: Path, processor) -> None:
     write_audiofolder(tmp_path, [{"name": "ok.wav", "text": "hola", "audio": tone(1.0)}])
     (tmp_path / "m.csv").write_text("audio,transcription\ntrain/ok.wav,hola\ntrain/gone.wav,adiós\n,sin audio\n")
     cfg = DataConfig(train=[{"manifest": str(tmp_path / "m.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}])
-    data = load_data(cfg, processor.tokenizer)
+    data = load_data(cfg, processor)
     assert data.counts[0].dropped == {"missing audio file": 1, "no audio path": 1} and data.counts[0].kept == 1
     (tmp_path / "latin1.csv").write_bytes("audio,transcription\ntrain/ok.wav,adiós\n".encode("latin-1"))
     cfg = DataConfig(train=[{"manifest": str(tmp_path / "latin1.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}])
     with pytest.raises(RecipeError, match=r"is not UTF-8 \(byte 0xf3 at offset 36\)\. Re-save it as UTF-8"):
-        load_data(cfg, processor.tokenizer)
+        load_data(cfg, processor)
 
 
 def test_per_row_and_per_source_language(tmp_path: Path, processor) -> None:
@@ -159,7 +163,7 @@ def test_per_row_and_per_source_language(tmp_path: Path, processor) -> None:
                                     "train/2.wav,hallo,xx\n")
     cfg = DataConfig(train=[{"manifest": str(tmp_path / "m.csv"), "language_column": "lang"},
                             {"path": str(tmp_path), "language": "german"}], eval=[{"path": str(tmp_path)}])
-    data = load_data(cfg, processor.tokenizer)
+    data = load_data(cfg, processor)
     tok = processor.tokenizer
     assert data.counts[0].dropped == {"unknown language code 'xx'": 1}
     languages = [tok.convert_ids_to_tokens(labels[1]) for labels in data.train["labels"]]
@@ -170,9 +174,78 @@ def test_per_row_and_per_source_language(tmp_path: Path, processor) -> None:
 
 
 def test_dropped_rows_file(tmp_path: Path, messy: Path, processor) -> None:
-    data = load_data(data_config(messy), processor.tokenizer)
+    data = load_data(data_config(messy), processor)
     path = save_data_report(str(tmp_path / "out"), data.counts)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 15  # 5 bad rows, in train, eval and test (the test sets default to the eval sets)
     assert {r["reason"] for r in rows} == {"empty transcript", "unreadable audio", "empty audio file (0 bytes)",
                                            "longer than 30 s", "more than 448 label tokens"}
+
+
+def test_cached_features_equal_features_from_the_waveform(messy: Path, processor) -> None:
+    cfg = data_config(messy)
+    cached, _ = prepare_source(cfg.train[0], "train", processor, cfg, store_features=True)
+    raw, _ = prepare_source(cfg.train[0], "train", processor, cfg, store_features=False)
+    collate = SpeechCollator(processor, decoder_start_token_id=0)
+    rows_cached, rows_raw = [cached[i] for i in range(len(cached))], [raw[i] for i in range(len(raw))]
+    assert "waveform" not in rows_cached[0] and isinstance(rows_cached[0]["input_features"], np.ndarray)
+    assert torch.equal(collate.features(rows_cached), collate.features(rows_raw))
+
+
+def test_text_normalization_options(tmp_path: Path, processor) -> None:
+    nfd = "cafe\u0301"  # e + combining acute: looks like café, is another string
+    write_audiofolder(tmp_path, [{"name": "a.wav", "text": f"¡Hola,  {nfd}!", "audio": tone(1.0)}])
+    as_written = load_data(data_config(tmp_path), processor).train["text"]
+    assert as_written == [f"¡Hola,  {nfd}!"]
+    cleaned = load_data(data_config(tmp_path, normalize={"lowercase": True, "strip_punctuation": True,
+                                                         "unicode_nfc": True}), processor).train["text"]
+    assert cleaned == ["hola café"] and cleaned[0] == unicodedata.normalize("NFC", "hola café")
+
+
+def test_silence_is_dropped_only_when_asked(tmp_path: Path, processor) -> None:
+    write_audiofolder(tmp_path, [{"name": "talk.wav", "text": "hola", "audio": tone(1.0)},
+                                 {"name": "quiet.wav", "text": "nada", "audio": np.zeros(16_000, np.float32)}])
+    assert load_data(data_config(tmp_path), processor).counts[0].kept == 2
+    count = load_data(data_config(tmp_path, drop_silence=True), processor).counts[0]
+    assert count.kept == 1 and count.dropped == {"silence (below -50 dBFS)": 1}
+
+
+def test_interleaving_by_probability(tmp_path: Path, processor) -> None:
+    for name, n in [("big", 6), ("small", 2)]:
+        write_audiofolder(tmp_path / name, [{"name": f"{i}.wav", "text": f"{name} {i}", "audio": tone(0.5, seed=i)}
+                                            for i in range(n)])
+    sources = [{"path": str(tmp_path / "big")}, {"path": str(tmp_path / "small")}]
+    concatenated = load_data(DataConfig(train=sources, eval=sources[:1]), processor).train
+    assert len(concatenated) == 8
+    mixed = load_data(DataConfig(train=[{**sources[0], "probability": 0.5}, {**sources[1], "probability": 0.5}],
+                                 eval=sources[:1], mixing="interleave"), processor).train
+    texts = mixed["text"]
+    assert set(texts) == set(concatenated["text"])  # every row of both sources is used
+    assert sum(t.startswith("small") for t in texts) >= 3  # the small source is repeated to keep its share
+
+
+def test_streamed_train_source(tmp_path: Path, corpus_dir: Path, processor) -> None:
+    cfg = DataConfig(train=[{"path": str(corpus_dir), "streaming": True}, {"path": str(corpus_dir)}],
+                     eval=[{"path": str(corpus_dir), "split": "validation"}])
+    data = load_data(cfg, processor)
+    assert isinstance(data.train, IterableDataset) and data.counts[0].streamed
+    rows = list(data.train)
+    assert len(rows) == 16 and {"labels", "text", "input_features"} <= set(rows[0])
+    assert "| train | corpus" in counts_table(data.counts) and "not counted (streamed)" in counts_table(data.counts)
+
+
+def test_waveform_augmentation_changes_train_rows_only(tmp_path: Path, corpus_dir: Path, processor) -> None:
+    cfg = DataConfig(train=[{"path": str(corpus_dir)}], eval=[{"path": str(corpus_dir), "split": "validation"}])
+    augment = AugmentConfig(speed_prob=1.0, speed_range=(1.25, 1.25), noise_prob=1.0, noise_snr_db=(20.0, 20.0))
+    data = load_data(cfg, processor, augment)
+    plain = load_data(cfg.model_copy(update={"cache_features": False}), processor)
+    torch.manual_seed(0)
+    row, original = data.train[0], plain.train[0]
+    assert len(row["waveform"]) == int(len(original["waveform"]) / 1.25)  # 25 % faster
+    sped_up = np.interp(np.linspace(0, len(original["waveform"]) - 1, len(row["waveform"])),
+                        np.arange(len(original["waveform"])), original["waveform"])
+    snr = 10 * np.log10(np.mean(sped_up ** 2) / np.mean((np.asarray(row["waveform"]) - sped_up) ** 2))
+    assert abs(snr - 20.0) < 1.5
+    assert "input_features" in data.eval[0]  # eval rows are never augmented and keep cached features
+    torch.manual_seed(0)
+    assert np.array_equal(data.train[0]["waveform"], row["waveform"])  # same seed, same draw

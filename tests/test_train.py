@@ -20,7 +20,7 @@ def make_trainer(tmp_path: Path, model_dir: Path, corpus: Path, **train):
     recipe = validate(tiny_recipe(model_dir, corpus, tmp_path / "out", train=train))
     processor = load_processor(recipe.model)
     model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-    data = load_data(recipe.data, processor.tokenizer)
+    data = load_data(recipe.data, processor)
     return build_trainer(recipe, model, processor, data, training_arguments(recipe)), recipe, processor
 
 
@@ -105,3 +105,21 @@ def test_each_clip_is_generated_in_its_own_language(tmp_path, tiny_model_dir, ev
     trainer.prediction_step(trainer.model, collate([{**rows[0]}, {**rows[0]}]), prediction_loss_only=False)
     assert seen["language"] == "es"
     assert trainer.compute_loss(trainer.model, collate(rows)).item() > 0  # `language` never reaches forward()
+
+
+def test_spec_augment_masks_only_while_training(tiny_model_dir) -> None:
+    from finetune.model import set_spec_augment
+    from finetune.recipe import AugmentConfig, ModelConfig
+
+    model = load_model(ModelConfig(name=str(tiny_model_dir)))
+    set_spec_augment(model, AugmentConfig(spec_augment=True, mask_time_prob=0.5, mask_feature_prob=0.5))
+    features = torch.randn(1, 80, 3000)
+    decoder = torch.tensor([[model.config.decoder_start_token_id]])
+    model.train()
+    torch.manual_seed(0)
+    first = model(input_features=features, decoder_input_ids=decoder).logits
+    second = model(input_features=features, decoder_input_ids=decoder).logits
+    assert not torch.allclose(first, second)  # a fresh mask each forward
+    model.eval()
+    assert torch.equal(model(input_features=features, decoder_input_ids=decoder).logits,
+                       model(input_features=features, decoder_input_ids=decoder).logits)
