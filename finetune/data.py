@@ -114,7 +114,8 @@ def _load_audiofolder(src: Source) -> Dataset:
         return load_dataset("audiofolder", data_dir=str(root), split=src.split, streaming=src.streaming)
     except Exception as err:  # no audio files, bad metadata.csv, unknown split, ...
         raise RecipeError("data", [f"{src.label}: could not load audiofolder {src.path!r}: "
-                                   f"{type(err).__name__}: {err}"]) from None
+                                   f"{type(err).__name__}: {err}. An audiofolder holds audio files and a "
+                                   f"metadata.csv (file_name,transcription), in split folders or directly."]) from None
 
 
 def _load_hub(src: Source) -> Dataset:

@@ -4,6 +4,7 @@ Run as:
     python scripts/benchmark.py recipes/es-synth-base.yaml --steps 6 --eval-clips 16 --output benchmark.json
     accelerate launch --multi_gpu --num_processes 2 scripts/benchmark.py recipes/demo.yaml --steps 4   # 2 ranks
     python scripts/benchmark.py recipes/demo.yaml model.name=/path/to/whisper-tiny train.bf16=true
+    python scripts/benchmark.py recipes/es-synth-base.yaml --prepare-only      # data preparation: time, peak RSS
 
 Trains `--steps` optimizer steps (no evaluation, no checkpoints, outputs in a temporary directory), then generates
 on the first `--eval-clips` eval clips. The first step is reported apart (warm-up); rates use the steps after it.
@@ -54,6 +55,29 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available():
         memory["peak_gpu_allocated_gb"] = torch.cuda.max_memory_allocated() / 1024**3
     return memory
+
+
+def benchmark_preparation(args: argparse.Namespace, workdir: str) -> dict:
+    """Decode, filter and cache the recipe's data into an empty datasets cache; time and peak RSS of that alone."""
+    import datasets
+
+    datasets.config.HF_DATASETS_CACHE = Path(workdir) / "datasets-cache"  # measure the work, not a cache hit
+    recipe = load_recipe(args.recipe, [*args.overrides, f"output_dir={workdir}"])
+    processor = load_processor(recipe.model)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    start = time.perf_counter()
+    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed)
+    seconds = time.perf_counter() - start
+    rows = sum(c.rows for c in data.counts)
+    return {
+        "recipe": args.recipe, "overrides": args.overrides, "mode": "prepare-only", "rows": rows,
+        "kept": sum(c.kept for c in data.counts), "seconds": seconds, "rows_per_s": rows / seconds,
+        "audio_hours": sum(c.hours for c in data.counts), "cache_features": recipe.data.cache_features,
+        "num_proc": recipe.data.num_proc, "peak_rss_gb_before": rss_before, "memory": peak_memory(),
+        "cache_gb": sum(f.stat().st_size for f in (Path(workdir) / "datasets-cache").rglob("*") if f.is_file())
+        / 1024**3,
+        "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(), "versions": package_versions(),
+    }
 
 
 def benchmark(args: argparse.Namespace, workdir: str) -> dict:
@@ -113,18 +137,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps to time (the first is warm-up)")
     parser.add_argument("--eval-clips", type=int, default=16, help="eval clips to transcribe")
     parser.add_argument("--output", default="benchmark.json", help="JSON file to write")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="time data preparation alone (into an empty datasets cache): rows/s, peak RSS")
     args = parser.parse_intermixed_args()
     setup_logging()
     try:
         with tempfile.TemporaryDirectory(prefix="finetune-bench-") as workdir:
-            result = benchmark(args, workdir)
+            result = (benchmark_preparation if args.prepare_only else benchmark)(args, workdir)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if is_main_process():
         write_json(args.output, result)
-        print(json.dumps({k: result[k] for k in ("device", "world_size", "torch_threads", "train", "eval", "memory")},
-                         indent=2, default=str))
+        shown = ("rows", "seconds", "rows_per_s", "memory", "cache_gb") if args.prepare_only else \
+            ("device", "world_size", "torch_threads", "train", "eval", "memory")
+        print(json.dumps({k: result[k] for k in shown}, indent=2, default=str))
     return 0
 
 

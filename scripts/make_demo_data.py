@@ -1,19 +1,21 @@
 """Synthesize the small Spanish demo corpus with espeak-ng: licence-clean, offline, a few seconds to make.
 
 Run as:
-    python scripts/make_demo_data.py                 # -> data/demo-es/{train,validation,test}
+    python scripts/make_demo_data.py                 # -> data/demo-es/{train,validation,test}, calls.csv/.jsonl
     python scripts/make_demo_data.py --out /tmp/demo --force
 
 The sentences below were written for this project (public domain). Train and validation use espeak-ng voices that
 also speak in ../shared/data/es-synth's training split; test uses voices and sentences that appear nowhere else,
 so it measures how a model copes with unseen voices. Audio is written as FLAC at espeak-ng's native 22.05 kHz, so
-the training pipeline's resampling to 16 kHz is exercised too. Needs the Debian package espeak-ng.
+the training pipeline's resampling to 16 kHz is exercised too. `calls.csv` (MP3) and `calls.jsonl` (MP4 video)
+list 12 more training clips in other containers. Needs Debian's espeak-ng and ffmpeg.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -92,6 +94,10 @@ SPLITS = {  # name: (first sentence, last sentence + 1, espeak-ng voices); each 
     "test": (48, 60, ["es+m1", "es+m3", "es+Alicia", "es+Mario", "es+steph", "es-419+grandma", "es+klatt3"]),
 }
 READINGS = 2  # voices per sentence
+# Extra training clips in other containers, listed by manifests with their own column names (recipes/demo-mixed.yaml):
+# a CSV of MP3s and a JSONL of MP4 videos (a still frame + the speech as the audio track).
+EXTRA = {"calls.csv": (".mp3", ["es+f3", "es-419+m6"], range(0, 6)),
+         "calls.jsonl": (".mp4", ["es+m7", "es-419+f5"], range(6, 12))}
 
 
 def synthesize(text: str, voice: str, speed: int, pitch: int, path: Path) -> float:
@@ -123,13 +129,43 @@ def make_split(root: Path, split: str, first: int, last: int, voices: list[str])
     return len(rows)
 
 
+def make_extra(root: Path) -> int:
+    """MP3 and MP4 copies of new readings, listed in calls.csv (clip,words) and calls.jsonl (audio_file, ref)."""
+    folder = root / "extra"
+    folder.mkdir(parents=True)
+    total = 0
+    for manifest, (suffix, voices, sentences) in EXTRA.items():
+        rows = []
+        for k, i in enumerate(sentences):
+            flac = folder / f"{i:04d}.flac"
+            synthesize(SENTENCES[i], voices[k % len(voices)], 150, 50, flac)
+            out = flac.with_suffix(suffix)
+            video = ["-f", "lavfi", "-i", "color=c=black:s=64x64:r=5", "-map", "1:v", "-map", "0:a", "-shortest",
+                     "-pix_fmt", "yuv420p"] if suffix == ".mp4" else []
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(flac), *video, str(out)], check=True)
+            flac.unlink()
+            rows.append((f"extra/{out.name}", SENTENCES[i]))
+        with open(root / manifest, "w", newline="", encoding="utf-8") as f:
+            if manifest.endswith(".csv"):
+                writer = csv.writer(f)
+                writer.writerow(["clip", "words"])
+                writer.writerows(rows)
+            else:
+                f.writelines(json.dumps({"audio_file": path, "ref": text}, ensure_ascii=False) + "\n"
+                             for path, text in rows)
+        total += len(rows)
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo-es"))
     parser.add_argument("--force", action="store_true", help="replace an existing corpus")
     args = parser.parse_args()
-    if shutil.which("espeak-ng") is None:
-        print("error: espeak-ng not found; install it with: sudo apt-get install espeak-ng", file=sys.stderr)
+    missing = [tool for tool in ("espeak-ng", "ffmpeg") if shutil.which(tool) is None]
+    if missing:
+        print(f"error: {' and '.join(missing)} not found; install with: sudo apt-get install {' '.join(missing)} "
+              f"(or run bash scripts/setup.sh)", file=sys.stderr)
         return 2
     if args.out.exists():
         if not args.force:
@@ -138,6 +174,7 @@ def main() -> int:
         shutil.rmtree(args.out)
     for split, (first, last, voices) in SPLITS.items():
         print(f"{split}: {make_split(args.out, split, first, last, voices)} clips")
+    print(f"extra (mp3 + mp4, for recipes/demo-mixed.yaml): {make_extra(args.out)} clips")
     print(f"demo corpus written to {args.out}")
     return 0
 

@@ -249,3 +249,11 @@ def test_waveform_augmentation_changes_train_rows_only(tmp_path: Path, corpus_di
     assert "input_features" in data.eval[0]  # eval rows are never augmented and keep cached features
     torch.manual_seed(0)
     assert np.array_equal(data.train[0]["waveform"], row["waveform"])  # same seed, same draw
+
+
+def test_structural_problems_are_one_clear_error_each(tmp_path: Path, processor) -> None:
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(RecipeError, match="doesn't contain any data files. An audiofolder holds audio files"):
+        load_data(data_config(tmp_path / "empty"), processor)
+    with pytest.raises(ValueError, match="unknown Whisper language 'castellano'.*Valid codes: af, am, ar"):
+        Source(path="/x", language="castellano")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_recipe
-from tiny import tone
+from tiny import BAD_ROWS, bad_input_corpus, tone
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "finetune" / "run.py")
@@ -141,3 +142,48 @@ def test_benchmark_writes_its_json(tmp_path: Path, tiny_model_dir: Path, corpus_
     assert result["train"]["samples_per_s"] > 0 and result["eval"]["clips"] == 2
     assert result["memory"]["peak_rss_gb"] > 0 and "torch" in result["versions"]
     assert not (tmp_path / "unused").exists()  # benchmark outputs go to a temporary directory
+
+
+def test_bad_input_trains_on_the_good_rows_and_reports_every_bad_one(tmp_path: Path, tiny_model_dir: Path,
+                                                                    corpus_dir: Path) -> None:
+    manifest = bad_input_corpus(tmp_path / "bad")
+    recipe = tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")
+    recipe["data"]["train"] = [{"manifest": str(manifest), "audio_column": "path", "text_column": "sentence",
+                                "language_column": "lang", "name": "bad-input"}]
+    recipe["data"]["drop_silence"] = True
+    check = run_cli(recipe, tmp_path, "--check")
+    assert "| train | bad-input | 13 | 5 |" in check.stderr
+    done = run_cli(recipe, tmp_path)
+    for output in (check, done):
+        assert "Traceback" not in output.stderr + output.stdout
+    dropped = [json.loads(line) for line in (tmp_path / "run" / "dropped_rows.jsonl").read_text().splitlines()]
+    by_file = {Path(row["audio"]).name: row["reason"] for row in dropped if row["source"] == "bad-input"}
+    assert by_file == {name: reason for name, (_, reason) in BAD_ROWS.items()}
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["training"]["global_step"] == 2
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (scripts/setup.sh)")
+def test_one_recipe_mixes_an_audiofolder_a_csv_and_a_jsonl_manifest(tmp_path: Path, tiny_model_dir: Path,
+                                                                    corpus_dir: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    tone_args = ["-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=44100"]
+    video_args = ["-f", "lavfi", "-i", "color=c=blue:s=64x64:d=2", "-map", "1:v", "-map", "0:a", "-shortest"]
+    for name, extra in [("a.mp3", []), ("b.mp3", []), ("c.mp4", video_args), ("d.webm", video_args)]:
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *tone_args, *extra, str(media / name)], check=True)
+    (tmp_path / "calls.csv").write_text("clip,words\nmedia/a.mp3,hola\nmedia/c.mp4,buenas tardes\n")
+    (tmp_path / "calls.jsonl").write_text('{"audio_file": "media/b.mp3", "ref": "adiós"}\n'
+                                          '{"audio_file": "media/d.webm", "ref": "hasta luego"}\n')
+    recipe = tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")
+    recipe["data"]["train"] = [
+        {"path": str(corpus_dir), "split": "train", "name": "folder"},
+        {"manifest": str(tmp_path / "calls.csv"), "audio_column": "clip", "text_column": "words", "name": "csv"},
+        {"manifest": str(tmp_path / "calls.jsonl"), "audio_column": "audio_file", "text_column": "ref",
+         "name": "jsonl"},
+    ]
+    check = run_cli(recipe, tmp_path, "--check")
+    for line in ["| train | folder | 8 | 8 |", "| train | csv | 2 | 2 |", "| train | jsonl | 2 | 2 |",
+                 "| eval | corpus", "| test | tiny test | 4 | 4 |"]:
+        assert line in check.stderr, line
+    run_cli(recipe, tmp_path)
+    assert (tmp_path / "run" / "merged" / "model.safetensors").is_file()

@@ -107,3 +107,41 @@ def tiny_corpus(root: Path, clips: dict[str, int] | None = None) -> Path:
                  "audio": tone(1.0 + 0.1 * i, freq=200 + 40 * i, seed=i)} for i in range(n)]
         write_audiofolder(root, rows, split)
     return root
+
+
+BAD_ROWS = {  # file name: (transcript, why it must be dropped)
+    "corrupt.wav": ("roto", "unreadable audio"),
+    "zero.wav": ("vacío", "empty audio file (0 bytes)"),
+    "missing.wav": ("perdido", "missing audio file"),
+    "long.wav": ("largo", "longer than 30 s"),
+    "quiet.wav": ("nada", "silence (below -50 dBFS)"),
+    "no_text.wav": ("", "empty transcript"),
+    "huge_text.wav": ("palabra " * 1000, "more than 448 label tokens"),
+    "klingon.wav": ("qapla", "unknown language code 'xx'"),
+}
+
+
+def bad_input_corpus(root: Path) -> Path:
+    """One CSV manifest mixing trainable clips (also stereo, 8/44.1/48 kHz) with every row-level kind of bad input.
+
+    Returns the manifest; columns path,sentence,lang. Drops are expected with data.drop_silence=true.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    good = {"good_0.wav": (tone(1.0), 16_000), "good_1.wav": (tone(1.2, freq=330), 16_000),
+            "stereo_44k.wav": (tone(1.5, rate=44_100, channels=2), 44_100), "phone_8k.wav": (tone(1.0, rate=8_000),
+                                                                                          8_000),
+            "studio_48k.flac": (tone(1.1, rate=48_000), 48_000)}
+    for name, (audio, rate) in good.items():
+        sf.write(root / name, audio, rate)
+    (root / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
+    (root / "zero.wav").write_bytes(b"")
+    for name, audio in {"long.wav": tone(31.0), "quiet.wav": np.zeros(16_000, np.float32),
+                        "no_text.wav": tone(1.0), "huge_text.wav": tone(1.0), "klingon.wav": tone(1.0)}.items():
+        sf.write(root / name, audio, 16_000)
+    rows = [(name, SENTENCES[i], "es") for i, name in enumerate(good)]
+    rows += [(name, text, "xx" if name == "klingon.wav" else "es") for name, (text, _) in BAD_ROWS.items()]
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "sentence", "lang"])
+        writer.writerows(rows)
+    return root / "manifest.csv"
