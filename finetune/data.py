@@ -1,8 +1,9 @@
 """Load the recipe's datasets, decode audio to 16 kHz mono, tokenize targets, and drop what cannot train (counted).
 
-Each row becomes: `waveform` (float32, 16 kHz mono), `duration` (s), `text`, `labels` (token ids with the
+Sources: Hub datasets, local audiofolders, CSV/TSV/JSONL manifests. Each row becomes `input_features` (log-mel,
+cached) or `waveform` (float32, 16 kHz mono), `duration` (s), `text`, `language`, `labels` (token ids with the
 <|startoftranscript|><|lang|><|task|><|notimestamps|> prefix and <|endoftext|>). A bad clip never stops a run: it
-is dropped with a reason, and the reasons are counted per source.
+is dropped with a reason, and the reasons are counted per source and listed row by row.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PreparedData:
     counts: list[SourceCount]
 
 
-def load_source(src: Source) -> Dataset:
+def load_source(src: Source) -> Dataset | IterableDataset:
     """The raw dataset of one source, with its audio column left undecoded (we decode it ourselves)."""
     ds = _load_hub(src) if src.hub else _load_manifest(src) if src.manifest else _load_audiofolder(src)
     wanted = [src.audio_column, src.text_column] + ([src.language_column] if src.language_column else [])

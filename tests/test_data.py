@@ -171,6 +171,10 @@ def test_per_row_and_per_source_language(tmp_path: Path, processor) -> None:
     assert data.train["language"] == ["es", "en", "de", "de", "de"]
     assert data.eval["language"] == ["es"] * 3  # no language given: the recipe's (model.language)
     assert data.eval["labels"][0] == tok("hola").input_ids  # same ids as the tokenizer's own prefix
+    batch = SpeechCollator(processor, tok.convert_tokens_to_ids("<|startoftranscript|>"))(list(data.train))
+    assert batch["labels"][:, 0].tolist() == tok.convert_tokens_to_ids(["<|es|>", "<|en|>", "<|de|>", "<|de|>",
+                                                                        "<|de|>"])
+    assert batch["language"] == ["es", "en", "de", "de", "de"]
 
 
 def test_dropped_rows_file(tmp_path: Path, messy: Path, processor) -> None:

@@ -187,3 +187,11 @@ def test_one_recipe_mixes_an_audiofolder_a_csv_and_a_jsonl_manifest(tmp_path: Pa
         assert line in check.stderr, line
     run_cli(recipe, tmp_path)
     assert (tmp_path / "run" / "merged" / "model.safetensors").is_file()
+
+
+def test_streamed_train_source_trains(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+    recipe = tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")
+    recipe["data"]["train"][0]["streaming"] = True
+    done = run_cli(recipe, tmp_path, "output.merge=false")
+    assert "not counted (streamed)" in done.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["training"]["global_step"] == 2
