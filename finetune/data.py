@@ -312,10 +312,7 @@ def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = N
     with main_process_first():
         train, train_counts = prepare_split(cfg.train, "train", processor, cfg, train_features, seed)
         evaluation, eval_counts = prepare_split(cfg.eval, "eval", processor, cfg, cfg.cache_features, seed)
-        test, test_counts = {}, []
-        for src in cfg.test_sets:
-            test[src.label], count = prepare_source(src, "test", processor, cfg, cfg.cache_features)
-            test_counts.append(count)
+        test, test_counts = load_test_sets(cfg, processor)
     counts = train_counts + eval_counts + test_counts
     empty = [c.source for c in counts if c.kept == 0 and not c.streamed]
     if empty:
@@ -325,6 +322,18 @@ def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = N
         perturb = WaveformAugment(augment)
         train = train.map(perturb) if isinstance(train, IterableDataset) else train.with_transform(perturb.batch)
     return PreparedData(train=train, eval=evaluation, test=test, counts=counts)
+
+
+def load_test_sets(cfg: DataConfig, processor: Any,
+                   names: list[str] | None = None) -> tuple[dict[str, Dataset], list[SourceCount]]:
+    """The recipe's test sets (or those named), prepared for scoring, by name."""
+    sources = [src for src in cfg.test_sets if names is None or src.label in names]
+    unknown = sorted(set(names or []) - {src.label for src in cfg.test_sets})
+    if unknown:
+        raise RecipeError("data", [f"no test set named {unknown}; the recipe has "
+                                   f"{[src.label for src in cfg.test_sets]}"])
+    prepared = {src.label: prepare_source(src, "test", processor, cfg, cfg.cache_features) for src in sources}
+    return {name: ds for name, (ds, _) in prepared.items()}, [count for _, count in prepared.values()]
 
 
 class WaveformAugment:

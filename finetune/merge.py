@@ -16,11 +16,12 @@ MERGED_DIR = "merged"  # <output_dir>/merged
 
 
 def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperProcessor,
-                  parity_rows: list[dict[str, Any]]) -> dict[str, Any]:
+                  parity_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], WhisperForConditionalGeneration]:
     """Write <output_dir>/merged (weights, processor, generation config) atomically; compare transcripts.
 
     Parity: the merged checkpoint, reloaded from disk, must give the same greedy transcripts as the base model with
-    the saved adapter on top, on `parity_rows` (prepared eval rows).
+    the saved adapter on top, on `parity_rows` (prepared eval rows). Returns what was checked, and the merged
+    model as reloaded from disk (what users will load).
     """
     final = Path(recipe.output_dir) / MERGED_DIR
     tuned = load_adapter(recipe.model, adapter_dir).eval()
@@ -39,4 +40,4 @@ def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperPro
               "mismatches": [{"adapter": a, "merged": b} for a, b in zip(with_adapter, from_merged) if a != b]}
     log.info("Merged model written to %s; parity with base+adapter: %d/%d identical transcripts%s",
              final, same, len(parity_rows), "" if parity["ok"] else " (MISMATCH, see results.json)")
-    return {"path": str(final), "parity": parity}
+    return {"path": str(final), "parity": parity}, reloaded

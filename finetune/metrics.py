@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import evaluate
+import jiwer
 import numpy as np
 from transformers import EvalPrediction
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
@@ -69,3 +71,103 @@ def compute_metrics_fn(tokenizer: Any, language: str) -> Callable[[EvalPredictio
         return score(references, predictions, normalize)
 
     return compute_metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-utterance analysis for the reports
+
+DURATION_BUCKETS = [(0.0, 5.0), (5.0, 10.0), (10.0, 20.0), (20.0, 30.0)]  # seconds; 30 s is Whisper's window
+REPEAT_NGRAM = 3  # n of the n-grams whose repetition inside one hypothesis signals a decoding loop
+
+
+def alignment(reference: str, hypothesis: str) -> dict[str, Any]:
+    """Word alignment of one pair: counts and the aligned (op, ref word, hyp word) list; op in C S D I."""
+    if not reference.split():
+        words = hypothesis.split()
+        return {"C": 0, "S": 0, "D": 0, "I": len(words), "ops": [("I", None, w) for w in words]}
+    result = jiwer.process_words(reference, hypothesis)
+    ref, hyp = result.references[0], result.hypotheses[0]
+    ops: list[tuple[str, str | None, str | None]] = []
+    for chunk in result.alignments[0]:
+        if chunk.type in {"equal", "substitute"}:
+            kind = "C" if chunk.type == "equal" else "S"
+            ops += [(kind, r, h) for r, h in zip(ref[chunk.ref_start_idx:chunk.ref_end_idx],
+                                                 hyp[chunk.hyp_start_idx:chunk.hyp_end_idx])]
+        elif chunk.type == "delete":
+            ops += [("D", r, None) for r in ref[chunk.ref_start_idx:chunk.ref_end_idx]]
+        else:
+            ops += [("I", None, h) for h in hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]]
+    return {"C": result.hits, "S": result.substitutions, "D": result.deletions, "I": result.insertions, "ops": ops}
+
+
+def sclite_listing(utterance_id: Any, aligned: dict[str, Any]) -> str:
+    """sclite's layout: correct words lower case, errors upper case, *** where a word is missing."""
+    ref_cells, hyp_cells = [], []
+    for op, ref, hyp in aligned["ops"]:
+        ref_word = "***" if ref is None else (ref.lower() if op == "C" else ref.upper())
+        hyp_word = "***" if hyp is None else (hyp.lower() if op == "C" else hyp.upper())
+        width = max(len(ref_word), len(hyp_word))
+        ref_cells.append(ref_word.ljust(width))
+        hyp_cells.append(hyp_word.ljust(width))
+    return "\n".join([f"id: ({utterance_id})",
+                      f"Scores: (#C #S #D #I) {aligned['C']} {aligned['S']} {aligned['D']} {aligned['I']}",
+                      "REF:  " + " ".join(ref_cells).rstrip(), "HYP:  " + " ".join(hyp_cells).rstrip()])
+
+
+def repeated_ngram_rate(hypotheses: list[str], n: int = REPEAT_NGRAM) -> float:
+    """Share (%) of hypothesis n-grams that repeat an earlier n-gram of the same hypothesis ("a b a b a b": 50 %)."""
+    total = repeated = 0
+    for text in hypotheses:
+        words = text.split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        total += len(grams)
+        repeated += len(grams) - len(set(grams))
+    return 100 * repeated / total if total else 0.0
+
+
+def top_errors(alignments: list[dict[str, Any]], most: int = 10) -> dict[str, list[tuple[str, int]]]:
+    """The most frequent substitutions ("ref -> hyp"), deletions and insertions."""
+    counts: dict[str, Counter] = {"substitutions": Counter(), "deletions": Counter(), "insertions": Counter()}
+    for aligned in alignments:
+        for op, ref, hyp in aligned["ops"]:
+            if op == "S":
+                counts["substitutions"][f"{ref} -> {hyp}"] += 1
+            elif op == "D":
+                counts["deletions"][ref] += 1
+            elif op == "I":
+                counts["insertions"][hyp] += 1
+    return {kind: counter.most_common(most) for kind, counter in counts.items()}
+
+
+def analyse(references: list[str], hypotheses: list[str], durations: list[float], hit_max_length: list[bool],
+            normalize: Callable[[str], str]) -> dict[str, Any]:
+    """Every number the reports show for one model on one set, and the per-utterance rows behind them."""
+    norm_refs, norm_hyps = [normalize(r) for r in references], [normalize(h) for h in hypotheses]
+    aligned = [alignment(r, h) for r, h in zip(norm_refs, norm_hyps)]
+    scored = [a for a, r in zip(aligned, norm_refs) if r.split()]  # empty references are skipped, and counted
+    words = sum(a["C"] + a["S"] + a["D"] for a in scored)
+    buckets = []
+    for low, high in DURATION_BUCKETS:
+        inside = [i for i, d in enumerate(durations) if low <= d < high or (high == DURATION_BUCKETS[-1][1] == d)]
+        inside = [i for i in inside if norm_refs[i].split()]
+        if inside:
+            rates = _rates([norm_refs[i] for i in inside], [norm_hyps[i] for i in inside])
+            buckets.append({"seconds": [low, high], "utterances": len(inside), "wer": 100 * rates["wer"]})
+    per_utterance = [
+        {"id": i, "ref": ref, "hyp": hyp, "duration": round(d, 3),
+         "wer": 100 * (a["S"] + a["D"] + a["I"]) / max(1, a["C"] + a["S"] + a["D"]) if nr.split() else None}
+        for i, (ref, hyp, d, a, nr) in enumerate(zip(references, hypotheses, durations, aligned, norm_refs))
+    ]
+    n = len(references)
+    return {
+        **score(references, hypotheses, normalize),
+        "hits": sum(a["C"] for a in scored), "substitutions": sum(a["S"] for a in scored),
+        "deletions": sum(a["D"] for a in scored), "insertions": sum(a["I"] for a in scored),
+        "reference_words": words,
+        "empty_output_rate": 100 * sum(not h.split() for h in norm_hyps) / n if n else 0.0,
+        "insertion_rate": 100 * sum(a["I"] for a in scored) / words if words else 0.0,
+        "repeated_ngram_rate": repeated_ngram_rate(norm_hyps),
+        "max_length_rate": 100 * sum(hit_max_length) / n if n else 0.0,
+        "wer_by_duration": buckets,
+        "_utterances": per_utterance, "_alignments": aligned,
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,6 +87,8 @@ def set_decoding(model: WhisperForConditionalGeneration, cfg: EvalConfig) -> Non
     """Decoding settings for evaluation; saved with the merged model, so pipeline() decodes the same way."""
     model.generation_config.max_new_tokens = cfg.max_new_tokens
     model.generation_config.num_beams = cfg.num_beams
+    model.generation_config.do_sample = cfg.temperature > 0
+    model.generation_config.temperature = cfg.temperature if cfg.temperature > 0 else 1.0
 
 
 def add_lora(model: WhisperForConditionalGeneration, cfg: LoraConfig, seed: int) -> PeftModel:
@@ -136,3 +140,35 @@ def transcribe(model: torch.nn.Module, processor: WhisperProcessor, features: to
         ids = model.generate(input_features=features[start:start + batch_size].to(parameter.device, parameter.dtype))
         texts += [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return texts
+
+
+@dataclass
+class Transcripts:
+    texts: list[str]
+    hit_max_length: list[bool]  # generation stopped at max_new_tokens, not at <|endoftext|> (a runaway signal)
+    seconds: float  # wall time of generation
+
+
+@torch.inference_mode()
+def transcribe_dataset(model: torch.nn.Module, processor: WhisperProcessor, dataset, batch_size: int) -> Transcripts:
+    """Every row of a prepared dataset, batched longest first (similar lengths share a batch, peak memory comes
+    first), each clip in its own language; results in the dataset's order."""
+    from finetune.collator import SpeechCollator
+
+    parameter = next(model.parameters())
+    collate = SpeechCollator(processor, model.config.decoder_start_token_id)
+    eot = processor.tokenizer.eos_token_id
+    order = sorted(range(len(dataset)), key=lambda i: -dataset[i]["duration"]) if len(dataset) else []
+    texts: list[str] = [""] * len(dataset)
+    hit_max = [False] * len(dataset)
+    start = time.perf_counter()
+    for first in range(0, len(order), batch_size):
+        indices = order[first:first + batch_size]
+        rows = [dataset[i] for i in indices]
+        languages = [row["language"] for row in rows]
+        ids = model.generate(input_features=collate.features(rows).to(parameter.device, parameter.dtype),
+                             language=languages[0] if len(set(languages)) == 1 else languages)
+        decoded = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        for i, text, sequence in zip(indices, decoded, ids):
+            texts[i], hit_max[i] = text.strip(), not bool((sequence == eot).any())
+    return Transcripts(texts, hit_max, time.perf_counter() - start)

@@ -107,6 +107,8 @@ class Source(Section):
                                                "(train only; needs train.max_steps)")
     probability: float | None = Field(None, gt=0.0, le=1.0, description="share of this source when "
                                                                         "data.mixing is interleave")
+    guard: bool = Field(False, description="test sets only: another domain or language whose WER must not rise "
+                                           "by more than eval.guard_threshold points")
 
     @field_validator("language")
     @classmethod
@@ -171,6 +173,9 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _sources(self) -> DataConfig:
+        guards = [s.label for s in self.train + self.eval if s.guard]
+        if guards:
+            raise ValueError(f"sources {guards} are marked guard: only test sets are guards")
         streamed = [s.label for s in self.eval + self.test if s.streaming]
         if streamed:
             raise ValueError(f"eval/test sources {streamed} stream: only train sources may (scores need every row)")
@@ -275,11 +280,14 @@ class AugmentConfig(Section):
 class EvalConfig(Section):
     batch_size: int = Field(8, gt=0, description="clips per generate() call, per device")
     num_beams: int = Field(1, gt=0, description="1 = greedy")
+    temperature: float = Field(0.0, ge=0.0, description="0 = deterministic; > 0 samples (reports then vary)")
     max_new_tokens: int = Field(128, gt=0, le=MAX_TARGET_POSITIONS - PROMPT_TOKENS)
     metric_for_best: Literal["wer", "cer", "wer_ortho", "cer_ortho"] = Field(
         "wer", description="lower is better; wer = normalized WER"
     )
     baseline: bool = Field(True, description="also score the zero-shot base model on the test sets")
+    guard_threshold: float = Field(1.0, ge=0.0, description="WER points a guard set may rise before it is flagged")
+    worst_utterances: int = Field(10, ge=0, description="sclite-style alignments shown per set and model")
 
 
 class OutputConfig(Section):

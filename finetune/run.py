@@ -6,8 +6,9 @@ Run as:
     python finetune/run.py recipes/demo.yaml model.name=/path/to/whisper-tiny    # one process, local model
     python finetune/run.py recipes/spanish.yaml --check    # validate recipe, data and model; train nothing
 
-Outputs in <output_dir>: recipe.yaml, environment.json, checkpoint-*/, adapter/ (best adapter + processor),
-merged/ (full checkpoint for transformers.pipeline), results.json, report.md, predictions/.
+Outputs in <output_dir>: recipe.yaml, environment.json, dropped_rows.jsonl, checkpoint-*/, adapter/ (best
+adapter + processor), merged/ (full checkpoint for transformers.pipeline), report.json, report.md, report.html,
+predictions.jsonl.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from finetune.model import (add_lora, count_parameters, load_model, load_process
                             set_spec_augment)
 from finetune.outputs import is_main_process, log, save_run_info, setup_logging  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
-from finetune.report import score_test_sets, write_report  # noqa: E402
+from finetune.report import final_line, final_report  # noqa: E402
 from finetune.train import (build_trainer, check_cpu_threads, resume_checkpoint, save_adapter, train,  # noqa: E402
                             training_arguments)
 
@@ -69,16 +70,14 @@ def run(args: argparse.Namespace) -> int:
     training = train(trainer, resume_checkpoint(recipe))
     adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
 
-    # 6. Score the test sets: zero-shot base model vs fine-tuned (all ranks take part).
-    results = score_test_sets(trainer, data.test, recipe.eval.baseline)
-
-    # 7. Merge the best adapter into a full checkpoint and check parity (main process).
+    # 6. Merge the best adapter into a full checkpoint and check parity (main process).
     merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
         if recipe.output.merge and is_main_process() else None
 
-    # 8. Reports: results.json, report.md, predictions/.
-    write_report(recipe.output_dir, recipe.model.language, processor.tokenizer, results, training, merged,
-                 data.counts)
+    # 7. Evaluate and report (main process): zero-shot vs fine-tuned on every test set -> report.{json,md,html}.
+    report = final_report(recipe, trainer, processor, data, training, merged)
+    if report:
+        log.info("Done. %s", final_line(report))
     return 0
 
 

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The project root instead of scripts/ first on sys.path: scripts/evaluate.py would shadow the `evaluate` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402

@@ -2,6 +2,7 @@
 # Install finetune and everything it needs into .venv (idempotent; re-running is fast).
 #
 # Run as:  bash scripts/setup.sh            # from the project root or anywhere
+#          bash scripts/setup.sh --dev      # also Debian's chromium, for the test that renders report.html
 #
 # 1. Debian packages: ffmpeg (audio/video decoding through torchcodec), espeak-ng (the demo corpus), libsndfile1.
 # 2. torch FIRST, pinned (2.13.0: the CPU build on CPU-only machines with a local wheel, CUDA from PyPI elsewhere),
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+[ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null && missing+=(chromium)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || missing+=(libsndfile1)

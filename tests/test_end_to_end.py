@@ -52,16 +52,20 @@ def test_full_run_writes_every_output(tmp_path: Path, tiny_model_dir: Path, corp
     out = tmp_path / "run"
     done = run_cli(tiny_recipe(tiny_model_dir, corpus_dir, out), tmp_path)
     assert "Traceback" not in done.stderr
-    for name in ["recipe.yaml", "environment.json", "results.json", "report.md", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors", "merged/model.safetensors", "merged/generation_config.json",
-                 "predictions/tiny_test.jsonl"]:
+    for name in ["recipe.yaml", "environment.json", "dropped_rows.jsonl", "report.json", "report.md", "report.html",
+                 "predictions.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "merged/model.safetensors", "merged/generation_config.json"]:
         assert (out / name).is_file(), name
-    results = json.loads((out / "results.json").read_text())
-    tiny_test = results["test_sets"]["tiny test"]
-    assert {"wer", "cer", "wer_ortho", "cer_ortho"} <= set(tiny_test["fine_tuned"]) <= \
-        set(tiny_test["zero_shot"]) | {"wer"} | set(tiny_test["fine_tuned"])
-    assert results["merged"]["parity"]["ok"] and results["merged"]["parity"]["clips"] == 2
-    assert results["training"]["global_step"] == 2
+    report = json.loads((out / "report.json").read_text())
+    tiny_test = report["sets"]["tiny test"]
+    assert set(tiny_test["fine_tuned"]) == set(tiny_test["zero_shot"]) >= {"wer", "cer", "wer_ortho", "cer_ortho",
+                                                                          "real_time_factor", "repeated_ngram_rate"}
+    assert report["schema_version"] == 1 and report["merged"]["parity"]["ok"]
+    assert report["merged"]["parity"]["clips"] == 2 and report["training"]["global_step"] == 2
+    assert any("eval_wer" in h for h in report["log_history"])
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and {"set", "id", "ref", "hyp", "wer", "hyp_zero_shot"} <= set(predictions[0])
+    assert "Done. tiny test: WER" in done.stderr
     assert json.loads((out / "environment.json").read_text())["world_size"] == 1
     assert "parity with base+adapter: 2/2 identical" in done.stderr
     generation = json.loads((out / "merged" / "generation_config.json").read_text())
@@ -125,7 +129,7 @@ def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Pa
     # Equal token counts per rank: the DDP mean over ranks equals the single-process mean (PITFALLS #3).
     assert ddp["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert ddp["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-3)
-    assert (two / "results.json").is_file()
+    assert (two / "report.json").is_file()
 
 
 def test_benchmark_writes_its_json(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
@@ -159,7 +163,7 @@ def test_bad_input_trains_on_the_good_rows_and_reports_every_bad_one(tmp_path: P
     dropped = [json.loads(line) for line in (tmp_path / "run" / "dropped_rows.jsonl").read_text().splitlines()]
     by_file = {Path(row["audio"]).name: row["reason"] for row in dropped if row["source"] == "bad-input"}
     assert by_file == {name: reason for name, (_, reason) in BAD_ROWS.items()}
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["training"]["global_step"] == 2
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["training"]["global_step"] == 2
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (scripts/setup.sh)")
@@ -194,4 +198,4 @@ def test_streamed_train_source_trains(tmp_path: Path, tiny_model_dir: Path, corp
     recipe["data"]["train"][0]["streaming"] = True
     done = run_cli(recipe, tmp_path, "output.merge=false")
     assert "not counted (streamed)" in done.stderr
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["training"]["global_step"] == 2
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["training"]["global_step"] == 2

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from finetune.collator import IGNORE_INDEX
-from finetune.metrics import decode, error_rates, normalizer_for, score
+from finetune.metrics import (alignment, analyse, decode, error_rates, normalizer_for, repeated_ngram_rate, score,
+                              sclite_listing, top_errors)
 
 
 def test_edit_counts_by_hand() -> None:
@@ -54,3 +55,38 @@ def test_decode_replaces_label_padding(processor) -> None:
     ids = processor.tokenizer("hola").input_ids
     padded = np.array([ids[1:] + [IGNORE_INDEX, IGNORE_INDEX]])
     assert decode(processor.tokenizer, padded) == ["hola"]
+
+
+def test_alignment_and_sclite_listing_by_hand() -> None:
+    aligned = alignment("el gato come pescado", "el perro come y pescado")
+    assert (aligned["C"], aligned["S"], aligned["D"], aligned["I"]) == (3, 1, 0, 1)
+    assert sclite_listing(7, aligned) == ("id: (7)\n"
+                                          "Scores: (#C #S #D #I) 3 1 0 1\n"
+                                          "REF:  el GATO  come *** pescado\n"
+                                          "HYP:  el PERRO come Y   pescado")
+    deleted = alignment("uno dos tres", "uno tres")
+    assert deleted["ops"] == [("C", "uno", "uno"), ("D", "dos", None), ("C", "tres", "tres")]
+    assert sclite_listing(1, deleted).splitlines()[2:] == ["REF:  uno DOS tres", "HYP:  uno *** tres"]
+
+
+def test_repeated_ngrams_and_top_errors() -> None:
+    assert repeated_ngram_rate(["a b a b a b"]) == pytest.approx(50.0)  # aba bab aba bab: 2 of 4 repeat
+    assert repeated_ngram_rate(["uno dos tres cuatro", "hola"]) == 0.0
+    errors = top_errors([alignment("a b c", "a x c"), alignment("a b c", "a x"), alignment("a", "a z")])
+    assert errors == {"substitutions": [("b -> x", 2)], "deletions": [("c", 1)], "insertions": [("z", 1)]}
+
+
+def test_analyse_counts_every_signal() -> None:
+    _, basic = normalizer_for("es", None)
+    refs = ["Hola mundo.", "uno dos tres", "", "cuatro cinco"]
+    hyps = ["hola mundo", "uno uno uno uno uno", "algo", ""]
+    result = analyse(refs, hyps, [2.0, 7.5, 1.0, 12.0], [False, True, False, False], basic)
+    assert result["empty_references"] == 1 and result["reference_words"] == 7
+    assert (result["hits"], result["substitutions"], result["deletions"], result["insertions"]) == (3, 2, 2, 2)
+    assert result["wer"] == pytest.approx(100 * 6 / 7)
+    assert result["insertion_rate"] == pytest.approx(100 * 2 / 7)
+    assert result["empty_output_rate"] == pytest.approx(25.0) and result["max_length_rate"] == pytest.approx(25.0)
+    assert result["repeated_ngram_rate"] == pytest.approx(100 * 2 / 3)  # "uno uno uno" three times: 2 repeats
+    assert [(b["seconds"], b["utterances"], round(b["wer"], 2)) for b in result["wer_by_duration"]] == [
+        ([0.0, 5.0], 1, 0.0), ([5.0, 10.0], 1, 133.33), ([10.0, 20.0], 1, 100.0)]  # 1 C, 2 S, 2 I of 3 words
+    assert [u["wer"] for u in result["_utterances"]] == [0.0, pytest.approx(400 / 3), None, 100.0]
