@@ -68,13 +68,14 @@ def evaluate_model(model: torch.nn.Module, processor: Any, dataset: Dataset, cfg
 
 def score_sets(models: dict[str, ModelFactory], processor: Any, test: dict[str, Dataset], sources: list[Source],
                cfg: EvalConfig, language: str) -> dict[str, Any]:
-    """Every test set under every model ("zero_shot", "fine_tuned"), with alignments and regressions."""
-    _, normalize = normalizer_for(language, processor.tokenizer)
-    guards = {src.label for src in sources if src.guard}
+    """Every test set under every model ("zero_shot", "fine_tuned"), scored with its language's normalizer."""
+    by_name = {src.label: src for src in sources}
     sets: dict[str, Any] = {}
     for name, dataset in test.items():
-        entry: dict[str, Any] = {"guard": name in guards, "utterances": len(dataset),
-                                 "audio_seconds": float(sum(dataset["duration"]))}
+        src = by_name.get(name)
+        normalizer, normalize = normalizer_for((src.language if src else None) or language, processor.tokenizer)
+        entry: dict[str, Any] = {"guard": bool(src and src.guard), "utterances": len(dataset),
+                                 "audio_seconds": float(sum(dataset["duration"])), "normalizer": normalizer}
         for model_name, factory in models.items():
             with factory() as model:
                 entry[model_name] = evaluate_model(model, processor, dataset, cfg, normalize)
@@ -147,7 +148,8 @@ def summary_table(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     training = report["training"] or {}
     parts = ["# Evaluation report", *regression_lines(report),
-             f"Rates in percent. `wer`/`cer`: after the {report['normalizer']} normalizer; `_ortho`: as written. "
+             f"Rates in percent. `wer`/`cer`: after Whisper's normalizer for the set's language ({report['normalizer']} "
+             f"unless the set says otherwise); `_ortho`: as written. "
              f"S/D/I: word substitutions, deletions, insertions. `repeated_ngram_rate`, `max_length_rate`: "
              f"hallucination signals. `real_time_factor`: generation seconds per audio second.",
              summary_table(report)]

@@ -1,14 +1,15 @@
 """Synthesize the small Spanish demo corpus with espeak-ng: licence-clean, offline, a few seconds to make.
 
 Run as:
-    python scripts/make_demo_data.py                 # -> data/demo-es/{train,validation,test}, calls.csv/.jsonl
+    python scripts/make_demo_data.py                 # -> data/demo-es/{train,validation,test}, calls.*; data/demo-en
     python scripts/make_demo_data.py --out /tmp/demo --force
 
 The sentences below were written for this project (public domain). Train and validation use espeak-ng voices that
 also speak in ../shared/data/es-synth's training split; test uses voices and sentences that appear nowhere else,
 so it measures how a model copes with unseen voices. Audio is written as FLAC at espeak-ng's native 22.05 kHz, so
 the training pipeline's resampling to 16 kHz is exercised too. `calls.csv` (MP3) and `calls.jsonl` (MP4 video)
-list 12 more training clips in other containers. Needs Debian's espeak-ng and ffmpeg.
+list 12 more training clips in other containers; `data/demo-en/test` holds 24 English clips, a guard set that Spanish
+fine-tuning must not make worse. Needs Debian's espeak-ng and ffmpeg.
 """
 
 from __future__ import annotations
@@ -88,6 +89,22 @@ SENTENCES = [
     "El pueblo celebra sus fiestas en agosto.",
     "La lavadora hace un ruido extraño.",
 ]
+# An English guard set (recipes/es-synth-base.yaml): Spanish fine-tuning must not wreck another language.
+ENGLISH = [
+    "The train to the airport leaves every twenty minutes.",
+    "Please send me the report before Friday.",
+    "It will be cloudy in the morning and sunny later.",
+    "The library closes at eight on weekdays.",
+    "My sister bought a new bicycle last week.",
+    "We need two more chairs for the meeting room.",
+    "The coffee shop on the corner opens early.",
+    "He forgot his umbrella at the station.",
+    "The children are playing football in the park.",
+    "Turn left at the second traffic light.",
+    "The museum has a new exhibition about ships.",
+    "Dinner will be ready in half an hour.",
+]
+ENGLISH_VOICES = ["en-us", "en+m3", "en-us+f2", "en+f4"]
 SPLITS = {  # name: (first sentence, last sentence + 1, espeak-ng voices); each sentence is read by 2 voices
     "train": (0, 40, ["es+m2", "es+f2", "es+m4", "es+f4", "es-419+m5", "es-419+f3", "es+klatt2", "es+pedro"]),
     "validation": (40, 48, ["es+m6", "es+f5", "es-419+m2", "es-419+f1"]),
@@ -110,12 +127,13 @@ def synthesize(text: str, voice: str, speed: int, pitch: int, path: Path) -> flo
     return len(audio) / rate
 
 
-def make_split(root: Path, split: str, first: int, last: int, voices: list[str]) -> int:
+def make_split(root: Path, split: str, first: int, last: int, voices: list[str],
+               sentences: list[str] = SENTENCES) -> int:
     folder = root / split
     folder.mkdir(parents=True)
     rows = []
     readings = [(text, voices[(k * READINGS + r) % len(voices)])
-                for k, text in enumerate(SENTENCES[first:last]) for r in range(READINGS)]
+                for k, text in enumerate(sentences[first:last]) for r in range(READINGS)]
     for i, (text, voice) in enumerate(readings):
         speed, pitch = 140 + (i * 7) % 40, 35 + (i * 11) % 30  # words/min, 0-99: varied but reproducible
         name = f"{split}_{i:04d}.flac"
@@ -160,6 +178,7 @@ def make_extra(root: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo-es"))
+    parser.add_argument("--english-out", type=Path, default=Path("data/demo-en"), help="the English guard set")
     parser.add_argument("--force", action="store_true", help="replace an existing corpus")
     args = parser.parse_args()
     missing = [tool for tool in ("espeak-ng", "ffmpeg") if shutil.which(tool) is None]
@@ -175,6 +194,10 @@ def main() -> int:
     for split, (first, last, voices) in SPLITS.items():
         print(f"{split}: {make_split(args.out, split, first, last, voices)} clips")
     print(f"extra (mp3 + mp4, for recipes/demo-mixed.yaml): {make_extra(args.out)} clips")
+    # A sibling folder, not a subfolder: audiofolder would fold any nested test/ into demo-es's test split.
+    shutil.rmtree(args.english_out, ignore_errors=True)
+    english = make_split(args.english_out, "test", 0, len(ENGLISH), ENGLISH_VOICES, ENGLISH)
+    print(f"{args.english_out}/test (English guard set): {english} clips")
     print(f"demo corpus written to {args.out}")
     return 0
 
