@@ -158,6 +158,7 @@ def transcribe_dataset(model: torch.nn.Module, processor: WhisperProcessor, data
     parameter = next(model.parameters())
     collate = SpeechCollator(processor, model.config.decoder_start_token_id)
     eot = processor.tokenizer.eos_token_id
+    budget = model.generation_config.max_new_tokens
     order = sorted(range(len(dataset)), key=lambda i: -dataset[i]["duration"]) if len(dataset) else []
     texts: list[str] = [""] * len(dataset)
     hit_max = [False] * len(dataset)
@@ -170,5 +171,7 @@ def transcribe_dataset(model: torch.nn.Module, processor: WhisperProcessor, data
                              language=languages[0] if len(set(languages)) == 1 else languages)
         decoded = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
         for i, text, sequence in zip(indices, decoded, ids):
-            texts[i], hit_max[i] = text.strip(), not bool((sequence == eot).any())
+            # generate() returns the new tokens only, padded with <|endoftext|>: a clip that used the whole budget
+            # without ending has `budget` tokens that are not <|endoftext|>.
+            texts[i], hit_max[i] = text.strip(), bool(budget) and int((sequence != eot).sum()) >= budget
     return Transcripts(texts, hit_max, time.perf_counter() - start)

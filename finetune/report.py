@@ -236,19 +236,32 @@ def plots(report: dict[str, Any]) -> list[tuple[str, bytes]]:
     return rendered
 
 
+def summary_html(report: dict[str, Any]) -> str:
+    """The summary table as HTML (the Markdown one, cell by cell)."""
+    rows = [line.strip("|").split("|") for line in summary_table(report).splitlines()]
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>" for row in rows[2:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def html_page(report: dict[str, Any], markdown_text: str) -> str:
     """A self-contained page: the plots as data: URIs, then the Markdown report as preformatted text."""
     images = "\n".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, png in plots(report))
-    flags = "".join(f'<p class="regression">{html.escape(line)}</p>' for line in regression_lines(report))
+    status = "regression" if report["regressions"] else "ok"
+    flags = "".join(f'<p class="{status}">{html.escape(line)}</p>' for line in regression_lines(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>finetune evaluation report</title>
 <style>body{{font-family:sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem}}
 .regression{{background:#fee;border:1px solid #c00;padding:.5rem;font-weight:bold}}
+.ok{{background:#efe;border:1px solid #080;padding:.5rem}}
+table{{border-collapse:collapse;font-size:.8rem}} td,th{{border:1px solid #ccc;padding:.2rem .4rem;text-align:right}}
+td:first-child,th:first-child,td:nth-child(3){{text-align:left}}
 pre{{background:#f6f6f6;padding:1rem;overflow-x:auto;font-size:.8rem}} figure{{display:inline-block;margin:.5rem}}
 </style></head>
 <body><h1>Evaluation report</h1>{flags}
+{summary_html(report)}
 {images}
 <pre>{html.escape(markdown_text)}</pre>
 <script>

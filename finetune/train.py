@@ -30,9 +30,9 @@ def check_cpu_threads(args: Seq2SeqTrainingArguments) -> None:
         return
     available = max(1, (os.cpu_count() or 1) // max(1, args.world_size))
     if torch.get_num_threads() < available:
-        log.warning("Training on CPU with %d torch thread(s) per process, %d core(s) available per process: "
-                    "OMP_NUM_THREADS is 1 (accelerate launch sets it so unless given --num_cpu_threads_per_process %d)",
-                    torch.get_num_threads(), available, available)
+        log.warning("Training on CPU with %d torch thread(s) per process, %d core(s) available per process "
+                    "(OMP_NUM_THREADS=%s; accelerate launch sets 1 unless given --num_cpu_threads_per_process %d)",
+                    torch.get_num_threads(), available, os.environ.get("OMP_NUM_THREADS", "unset"), available)
 
 
 def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:

@@ -123,3 +123,27 @@ def test_spec_augment_masks_only_while_training(tiny_model_dir) -> None:
     model.eval()
     assert torch.equal(model(input_features=features, decoder_input_ids=decoder).logits,
                        model(input_features=features, decoder_input_ids=decoder).logits)
+
+
+def test_runaway_outputs_are_told_from_finished_ones(tiny_model_dir, corpus_dir) -> None:
+    from finetune.model import transcribe_dataset
+    from finetune.recipe import DataConfig, ModelConfig
+
+    cfg = ModelConfig(name=str(tiny_model_dir))
+    processor = load_processor(cfg)
+    data = load_data(DataConfig(train=[{"path": str(corpus_dir), "split": "test"}],
+                                eval=[{"path": str(corpus_dir), "split": "test", "max_samples": 2}]), processor)
+    eot = processor.tokenizer.eos_token_id
+
+    class Fixed(torch.nn.Module):  # generate() output as Whisper returns it: new tokens, padded with <|endoftext|>
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.config = load_model(cfg).config
+            self.generation_config = type("G", (), {"max_new_tokens": 4})()
+
+        def generate(self, input_features, language):
+            return torch.tensor([[70, 71, eot, eot], [70, 71, 72, 73]])
+
+    result = transcribe_dataset(Fixed(), processor, data.eval, batch_size=2)
+    assert sorted(result.hit_max_length) == [False, True]  # ended at <|endoftext|> vs ran out of budget
