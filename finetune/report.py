@@ -241,7 +241,7 @@ def summary_html(report: dict[str, Any]) -> str:
     rows = [line.strip("|").split("|") for line in summary_table(report).splitlines()]
     head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>" for row in rows[2:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def html_page(report: dict[str, Any], markdown_text: str) -> str:
