@@ -1,12 +1,21 @@
-"""Talking to the Hugging Face Hub: a fast check before any download, so an unreachable Hub fails in seconds."""
+"""The Hugging Face Hub: a fast reachability check before any download (an unreachable Hub fails in seconds), and
+what a published repo holds (the staged folder and its model card)."""
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
 
 import huggingface_hub
-from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+from finetune.outputs import log, rank, slug
+from finetune.recipe import HubConfig, Recipe, RecipeError, dump
 
 PROBE_TIMEOUT_S = 10.0  # one request; huggingface_hub's own retries on an unreachable Hub take minutes
 
@@ -31,3 +40,152 @@ def hub_problem(repo_id: str, repo_type: Literal["model", "dataset"], revision: 
     except Exception as err:  # DNS failure, refused connection, time-out, proxy or TLS trouble
         return f"the Hub could not be reached ({type(err).__name__})"
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model card and the folder an upload sends
+
+CARD_TAGS = ["whisper", "automatic-speech-recognition", "lora", "peft", "finetune"]
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def eval_results(report: dict[str, Any], sources: dict[str, Any]) -> list[EvalResult]:
+    """model-index entries: WER and CER of the fine-tuned and the zero-shot model on every test set."""
+    results = []
+    for name, entry in report.get("sets", {}).items():
+        src = sources.get(name)
+        dataset = {"dataset_type": (src.hub if src and src.hub else slug(name).lower()), "dataset_name": name,
+                   "dataset_config": src.config if src else None, "dataset_split": src.split if src else None}
+        for model, label in (("fine_tuned", "fine-tuned"), ("zero_shot", "zero-shot base")):
+            for metric in ("wer", "cer"):
+                if model in entry:
+                    results.append(EvalResult(
+                        task_type="automatic-speech-recognition", task_name="Automatic Speech Recognition",
+                        metric_type=metric, metric_value=round(entry[model][metric], 2),
+                        metric_name=f"{metric.upper()} ({label}, normalized, %)", **dataset))
+    return results
+
+
+def model_card(recipe: Recipe, report: dict[str, Any], kind: str) -> str:
+    """README.md for the Hub repo: metadata (base model, language, datasets, model-index) and a readable body."""
+    name = (recipe.hub.repo_id or Path(recipe.output_dir).name).split("/")[-1]
+    sources = {src.label: src for src in recipe.data.test_sets}
+    datasets = sorted({src.hub for src in recipe.data.train + recipe.data.eval + recipe.data.test_sets if src.hub})
+    languages = sorted({recipe.model.language} | {s.language for s in recipe.data.train if s.language})
+    data = ModelCardData(
+        base_model=recipe.model.name if not is_local(recipe.model.name) else None, model_name=name,
+        library_name="peft" if kind == "adapter" else "transformers", language=languages,
+        datasets=datasets or None, license=recipe.hub.license, tags=CARD_TAGS,
+        pipeline_tag="automatic-speech-recognition", eval_results=eval_results(report, sources) or None,
+    )
+    rows = [f"| {n} | {e['utterances']} | {e.get('zero_shot', {}).get('wer', float('nan')):.2f} | "
+            f"{e['fine_tuned']['wer']:.2f} | {e.get('zero_shot', {}).get('cer', float('nan')):.2f} | "
+            f"{e['fine_tuned']['cer']:.2f} |" for n, e in report.get("sets", {}).items()]
+    train = recipe.train
+    usage = (f'from peft import PeftModel\nfrom transformers import WhisperForConditionalGeneration, WhisperProcessor\n\n'
+             f'base = WhisperForConditionalGeneration.from_pretrained("{recipe.model.name}")\n'
+             f'model = PeftModel.from_pretrained(base, "{recipe.hub.repo_id or name}")\n'
+             f'processor = WhisperProcessor.from_pretrained("{recipe.hub.repo_id or name}")'
+             if kind == "adapter" else
+             f'from transformers import pipeline\n\n'
+             f'asr = pipeline("automatic-speech-recognition", model="{recipe.hub.repo_id or name}")\n'
+             f'print(asr("clip.flac")["text"])')
+    body = "\n\n".join([
+        f"# {name}",
+        f"{'LoRA adapter for' if kind == 'adapter' else 'Merged fine-tune of'} `{recipe.model.name}`, "
+        f"language `{recipe.model.language}`, task `{recipe.model.task}`, trained with finetune.",
+        "## Results\n\nWord and character error rates in percent after Whisper's normalizer; zero-shot = the base "
+        "model without the adapter, same decoding.\n\n| test set | clips | WER zero-shot | WER fine-tuned | "
+        "CER zero-shot | CER fine-tuned |\n|---|---|---|---|---|---|\n" + "\n".join(rows),
+        f"## Training\n\nLoRA rank {recipe.lora.rank}, alpha {recipe.lora.alpha:g}, dropout {recipe.lora.dropout:g}, "
+        f"modules {', '.join(recipe.lora.target_modules)}; learning rate {train.learning_rate:g}, "
+        f"{train.max_steps if train.max_steps > 0 else f'{train.num_train_epochs:g} epochs'}"
+        f"{' steps' if train.max_steps > 0 else ''}, batch {train.per_device_train_batch_size} x "
+        f"{train.gradient_accumulation_steps} accumulation per device, "
+        f"{'bf16' if train.bf16 else 'fp16' if train.fp16 else 'fp32'}, seed {train.seed}.",
+        f"## Usage\n\n```python\n{usage}\n```",
+        "## Recipe\n\n```yaml\n" + dump(recipe).rstrip() + "\n```",
+    ])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n").content
+
+
+def is_local(name: str) -> bool:
+    """A name that exists on disk, or is written like a path (./x, ../x, /x, ~/x, a/b/c), is not a Hub id."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def stage(run_dir: str | Path, recipe: Recipe, kind: str, folder: str | Path) -> list[tuple[str, int]]:
+    """Copy what one repo gets into `folder`: the adapter (peft format) or the merged checkpoint, the processor
+    files, the generation config, and the model card. Returns (file, bytes) for each file."""
+    run_dir, folder = Path(run_dir), Path(folder)
+    source = run_dir / ("adapter" if kind == "adapter" else "merged")
+    needed = ADAPTER_FILES if kind == "adapter" else ("config.json", "generation_config.json", "model.safetensors")
+    missing = [f for f in needed if not (source / f).is_file()]
+    if missing:
+        raise RecipeError("hub", [f"{source} lacks {missing}: is {run_dir} a finished run?"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name != "README.md":
+            shutil.copy2(path, folder / path.name)
+    if kind == "adapter" and (run_dir / "merged" / "generation_config.json").is_file():
+        shutil.copy2(run_dir / "merged" / "generation_config.json", folder / "generation_config.json")
+    report_path = run_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    (folder / "README.md").write_text(model_card(recipe, report, kind), encoding="utf-8")
+    return sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+
+
+RETRIES = 4  # network failures: tried again after 2, 4, 8 s
+
+
+def upload(folder: Path, repo_id: str, private: bool, revision: str | None, message: str) -> str:
+    """Create (or reuse) the repo and commit the folder; clear errors for 401/403, backoff on network errors."""
+    api = HfApi()
+    for attempt in range(RETRIES):
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                                         commit_message=message))
+        except HfHubHTTPError as err:
+            status = getattr(err.response, "status_code", None)
+            if status == 401:
+                raise RecipeError("hub", ["401 Unauthorized: no valid token. Log in with `hf auth login` or set "
+                                          "HF_TOKEN to a token with write access"]) from None
+            if status == 403:
+                raise RecipeError("hub", [f"403 Forbidden: the token may not write to {repo_id!r}. Use a token with "
+                                          "write access to that user or organization"]) from None
+            if status is not None and status < 500:
+                raise RecipeError("hub", [f"the Hub refused the upload to {repo_id!r}: HTTP {status}"]) from None
+            failure = f"HTTP {status}"
+        except Exception as err:  # network: refused, reset, time-out, DNS
+            failure = type(err).__name__
+        if attempt + 1 < RETRIES:
+            log.warning("Upload to %s failed (%s); retrying in %d s", repo_id, failure, 2 ** (attempt + 1))
+            time.sleep(2 ** (attempt + 1))
+    raise RecipeError("hub", [f"upload to {repo_id!r} failed {RETRIES} times ({failure}); nothing local was "
+                              f"changed: run scripts/push.py again when the Hub is reachable"])
+
+
+def repos(hub: HubConfig) -> list[tuple[str, str | None]]:
+    """(kind, repo id) pairs an upload goes to; with `both`, the merged model gets a `-merged` sibling repo."""
+    if hub.upload == "both":
+        return [("adapter", hub.repo_id), ("merged", f"{hub.repo_id}-merged" if hub.repo_id else None)]
+    return [(hub.upload, hub.repo_id)]
+
+
+def publish(recipe: Recipe) -> list[str]:
+    """End of a run (main process, hub.push): stage and upload; a failure is logged, never fatal to the run."""
+    if not recipe.hub.push or rank() != 0:
+        return []
+    commits = []
+    try:
+        for kind, repo in repos(recipe.hub):
+            folder = stage(recipe.output_dir, recipe, kind, Path(recipe.output_dir) / "hub-upload" / kind)
+            commits.append(upload(folder, repo, recipe.hub.private, recipe.hub.revision, recipe.hub.commit_message))
+            log.info("Pushed %s to %s", kind, repo)
+    except RecipeError as err:
+        log.error("Push failed; the run's outputs are intact. Retry with: python scripts/push.py %s\n%s",
+                  recipe.output_dir, err)
+    return commits

@@ -11,15 +11,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.hub import hub_problem
+from finetune.hub import hub_problem, is_local
 from finetune.recipe import AugmentConfig, EvalConfig, LoraConfig, ModelConfig, RecipeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def is_local(name: str) -> bool:
-    """A name that exists on disk, or is written like a path (./x, ../x, /x, ~/x, a/b/c), is a local model."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def _local_error(cfg: ModelConfig, err: Exception) -> RecipeError:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,11 @@ from finetune.recipe import Recipe, dump
 
 log = logging.getLogger("finetune")
 PACKAGES = ["finetune", "torch", "transformers", "peft", "datasets", "accelerate", "evaluate", "jiwer", "torchcodec"]
+
+
+def slug(name: str) -> str:
+    """A name safe in file names and ids: runs of other characters become one underscore."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
 def rank() -> int:

@@ -295,6 +295,27 @@ class OutputConfig(Section):
     parity_clips: int = Field(4, ge=0, description="eval clips transcribed by merged and base+adapter to compare")
 
 
+class HubConfig(Section):
+    """Publishing to the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`, never from here."""
+
+    push: bool = Field(False, description="upload at the end of a run (or later: python scripts/push.py RUN_DIR)")
+    repo_id: str | None = Field(None, description="user-or-org/name")
+    private: bool = True
+    upload: Literal["adapter", "merged", "both"] = Field("adapter", description="both: the merged model goes to "
+                                                                                 "a `-merged` sibling repo")
+    revision: str | None = Field(None, description="branch to commit to; default the repo's main branch")
+    commit_message: str = "Upload fine-tuned Whisper (finetune)"
+    license: str = Field("apache-2.0", description="model card licence; Whisper's weights are Apache-2.0 on the Hub")
+
+    @model_validator(mode="after")
+    def _repo(self) -> HubConfig:
+        if self.push and not self.repo_id:
+            raise ValueError("push is true but repo_id is missing: set hub.repo_id=<user-or-org>/<name>")
+        if self.repo_id is not None and self.repo_id.count("/") != 1:
+            raise ValueError(f"repo_id {self.repo_id!r} must look like <user-or-org>/<name>")
+        return self
+
+
 class Recipe(Section):
     model: ModelConfig
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -303,6 +324,7 @@ class Recipe(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
     output_dir: str = Field(description="where checkpoints, the adapter, the merged model and reports go")
 
     @model_validator(mode="after")

@@ -21,7 +21,6 @@ import contextlib
 import html
 import io
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -41,10 +40,6 @@ MODELS = ("zero_shot", "fine_tuned")
 SUMMARY = ["wer", "cer", "wer_ortho", "cer_ortho", "substitutions", "deletions", "insertions", "empty_output_rate",
            "repeated_ngram_rate", "max_length_rate", "real_time_factor", "clips_per_second"]
 ModelFactory = Callable[[], ContextManager[torch.nn.Module]]
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ Run as:
 
 Outputs in <output_dir>: recipe.yaml, environment.json, dropped_rows.jsonl, checkpoint-*/, adapter/ (best
 adapter + processor), merged/ (full checkpoint for transformers.pipeline), report.json, report.md, report.html,
-predictions.jsonl.
+predictions.jsonl; hub-upload/ when hub.push is set.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
 
 from finetune.data import counts_table, first_rows, load_data, save_data_report  # noqa: E402
+from finetune.hub import publish  # noqa: E402
 from finetune.merge import merge_adapter  # noqa: E402
 from finetune.model import (add_lora, count_parameters, load_model, load_processor, set_decoding,  # noqa: E402
                             set_spec_augment)
@@ -76,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     # 7. Evaluate and report (main process): zero-shot vs fine-tuned on every test set -> report.{json,md,html}.
     report = final_report(recipe, trainer, processor, data, training, merged)
+
+    # 8. Publish (hub.push, main process): adapter and/or merged model with a model card; failures leave outputs be.
+    publish(recipe)
     if report:
         log.info("Done. %s", final_line(report))
     return 0
