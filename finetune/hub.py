@@ -159,13 +159,24 @@ def upload(folder: Path, repo_id: str, private: bool, revision: str | None, mess
             if status is not None and status < 500:
                 raise RecipeError("hub", [f"the Hub refused the upload to {repo_id!r}: HTTP {status}"]) from None
             failure = f"HTTP {status}"
-        except Exception as err:  # network: refused, reset, time-out, DNS
+        except ValueError as err:  # huggingface_hub's model-card metadata validation said no: not worth a retry
+            raise RecipeError("hub", [f"the Hub rejected the model card's metadata: {err}"]) from None
+        except Exception as err:
+            if not is_network_error(err):
+                raise
             failure = type(err).__name__
         if attempt + 1 < RETRIES:
             log.warning("Upload to %s failed (%s); retrying in %d s", repo_id, failure, 2 ** (attempt + 1))
             time.sleep(2 ** (attempt + 1))
     raise RecipeError("hub", [f"upload to {repo_id!r} failed {RETRIES} times ({failure}); nothing local was "
                               f"changed: run scripts/push.py again when the Hub is reachable"])
+
+
+def is_network_error(err: Exception) -> bool:
+    """Refused, reset, timed out, DNS: worth another try. (huggingface_hub's HTTP layer has changed libraries over
+    its versions, so its errors are recognised by their module.)"""
+    return isinstance(err, (ConnectionError, TimeoutError, OSError)) or \
+        type(err).__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}
 
 
 def repos(hub: HubConfig) -> list[tuple[str, str | None]]:
@@ -182,7 +193,8 @@ def publish(recipe: Recipe) -> list[str]:
     commits = []
     try:
         for kind, repo in repos(recipe.hub):
-            folder = stage(recipe.output_dir, recipe, kind, Path(recipe.output_dir) / "hub-upload" / kind)
+            folder = Path(recipe.output_dir) / "hub-upload" / kind
+            stage(recipe.output_dir, recipe, kind, folder)
             commits.append(upload(folder, repo, recipe.hub.private, recipe.hub.revision, recipe.hub.commit_message))
             log.info("Pushed %s to %s", kind, repo)
     except RecipeError as err:
