@@ -66,9 +66,10 @@ def eval_results(report: dict[str, Any], sources: dict[str, Any]) -> list[EvalRe
     return results
 
 
-def model_card(recipe: Recipe, report: dict[str, Any], kind: str) -> str:
+def model_card(recipe: Recipe, report: dict[str, Any], kind: str, repo_id: str | None) -> str:
     """README.md for the Hub repo: metadata (base model, language, datasets, model-index) and a readable body."""
-    name = (recipe.hub.repo_id or Path(recipe.output_dir).name).split("/")[-1]
+    name = (repo_id or Path(recipe.output_dir).name).split("/")[-1]
+    where = repo_id or name
     sources = {src.label: src for src in recipe.data.test_sets}
     datasets = sorted({src.hub for src in recipe.data.train + recipe.data.eval + recipe.data.test_sets if src.hub})
     languages = sorted({recipe.model.language} | {s.language for s in recipe.data.train if s.language})
@@ -82,14 +83,15 @@ def model_card(recipe: Recipe, report: dict[str, Any], kind: str) -> str:
             f"{e['fine_tuned']['wer']:.2f} | {e.get('zero_shot', {}).get('cer', float('nan')):.2f} | "
             f"{e['fine_tuned']['cer']:.2f} |" for n, e in report.get("sets", {}).items()]
     train = recipe.train
-    usage = (f'from peft import PeftModel\nfrom transformers import WhisperForConditionalGeneration, WhisperProcessor\n\n'
+    usage = ("from peft import PeftModel\n"
+             "from transformers import WhisperForConditionalGeneration, WhisperProcessor\n\n"
              f'base = WhisperForConditionalGeneration.from_pretrained("{recipe.model.name}")\n'
-             f'model = PeftModel.from_pretrained(base, "{recipe.hub.repo_id or name}")\n'
-             f'processor = WhisperProcessor.from_pretrained("{recipe.hub.repo_id or name}")'
+             f'model = PeftModel.from_pretrained(base, "{where}")\n'
+             f'processor = WhisperProcessor.from_pretrained("{where}")'
              if kind == "adapter" else
-             f'from transformers import pipeline\n\n'
-             f'asr = pipeline("automatic-speech-recognition", model="{recipe.hub.repo_id or name}")\n'
-             f'print(asr("clip.flac")["text"])')
+             "from transformers import pipeline\n\n"
+             f'asr = pipeline("automatic-speech-recognition", model="{where}")\n'
+             'print(asr("clip.flac")["text"])')
     body = "\n\n".join([
         f"# {name}",
         f"{'LoRA adapter for' if kind == 'adapter' else 'Merged fine-tune of'} `{recipe.model.name}`, "
@@ -114,16 +116,18 @@ def is_local(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def stage(run_dir: str | Path, recipe: Recipe, kind: str, folder: str | Path) -> list[tuple[str, int]]:
-    """Copy what one repo gets into `folder`: the adapter (peft format) or the merged checkpoint, the processor
-    files, the generation config, and the model card. Returns (file, bytes) for each file."""
+def stage(run_dir: str | Path, recipe: Recipe, kind: str, folder: str | Path,
+          repo_id: str | None) -> list[tuple[str, int]]:
+    """Copy what one repo gets into `folder` (emptied first): the adapter (peft format) or the merged checkpoint,
+    the processor files, the generation config, and the model card. Returns (file, bytes) for each file."""
     run_dir, folder = Path(run_dir), Path(folder)
     source = run_dir / ("adapter" if kind == "adapter" else "merged")
     needed = ADAPTER_FILES if kind == "adapter" else ("config.json", "generation_config.json", "model.safetensors")
     missing = [f for f in needed if not (source / f).is_file()]
     if missing:
         raise RecipeError("hub", [f"{source} lacks {missing}: is {run_dir} a finished run?"])
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # nothing left over from an earlier staging goes up
+    folder.mkdir(parents=True)
     for path in source.iterdir():
         if path.is_file() and path.name != "README.md":
             shutil.copy2(path, folder / path.name)
@@ -131,7 +135,7 @@ def stage(run_dir: str | Path, recipe: Recipe, kind: str, folder: str | Path) ->
         shutil.copy2(run_dir / "merged" / "generation_config.json", folder / "generation_config.json")
     report_path = run_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    (folder / "README.md").write_text(model_card(recipe, report, kind), encoding="utf-8")
+    (folder / "README.md").write_text(model_card(recipe, report, kind, repo_id), encoding="utf-8")
     return sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
 
 
@@ -194,7 +198,7 @@ def publish(recipe: Recipe) -> list[str]:
     try:
         for kind, repo in repos(recipe.hub):
             folder = Path(recipe.output_dir) / "hub-upload" / kind
-            stage(recipe.output_dir, recipe, kind, folder)
+            stage(recipe.output_dir, recipe, kind, folder, repo)
             commits.append(upload(folder, repo, recipe.hub.private, recipe.hub.revision, recipe.hub.commit_message))
             log.info("Pushed %s to %s", kind, repo)
     except RecipeError as err:

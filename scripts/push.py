@@ -39,7 +39,7 @@ def main() -> int:
             raise RecipeError("hub", ["no repo: pass --repo-id <user-or-org>/<name> or set hub.repo_id"])
         for kind, repo in repos(hub):
             folder = args.run_dir / "hub-upload" / kind
-            files = stage(args.run_dir, recipe, kind, folder)
+            files = stage(args.run_dir, recipe, kind, folder, repo)
             print(f"{kind} -> {repo or '(no repo_id)'}: {folder}")
             for name, size in files:
                 print(f"  {size:>14,d}  {name}")

@@ -102,6 +102,8 @@ def test_push_to_a_local_hub_and_load_the_adapter_back(tmp_path: Path, finished_
         assert {"model.safetensors", "config.json", "README.md"} <= set(merged["files"])
         assert adapter["private"] is True and adapter["commits"][0]["summary"].startswith("Upload fine-tuned")
         assert b"model-index" in adapter["files"]["README.md"]
+        assert b'pipeline("automatic-speech-recognition", model="someone/whisper-tiny-es-merged")' in \
+            merged["files"]["README.md"]
         assert hub.validated >= 2  # both cards passed the client's metadata validation (huggingface_hub's parsers)
         again = push(finished_run, hub_env(hub, tmp_path))  # an existing repo is updated, not an error
         assert again.returncode == 0 and len(adapter["commits"]) == 2
