@@ -14,7 +14,7 @@ import huggingface_hub
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from finetune.outputs import log, rank, slug
+from finetune.outputs import is_main_process, log, slug
 from finetune.recipe import HubConfig, Recipe, RecipeError, dump
 
 PROBE_TIMEOUT_S = 10.0  # one request; huggingface_hub's own retries on an unreachable Hub take minutes
@@ -192,7 +192,7 @@ def repos(hub: HubConfig) -> list[tuple[str, str | None]]:
 
 def publish(recipe: Recipe) -> list[str]:
     """End of a run (main process, hub.push): stage and upload; a failure is logged, never fatal to the run."""
-    if not recipe.hub.push or rank() != 0:
+    if not recipe.hub.push or not is_main_process():
         return []
     commits = []
     try:
