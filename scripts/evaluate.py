@@ -25,13 +25,15 @@ from pathlib import Path
 # modules import: put the project root there instead, so `import evaluate` finds the package.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from peft import PeftModel  # noqa: E402
+
 from finetune.data import load_test_sets  # noqa: E402
 from finetune.merge import MERGED_DIR  # noqa: E402
 from finetune.metrics import normalizer_for  # noqa: E402
 from finetune.model import load_model, load_processor, set_decoding  # noqa: E402
 from finetune.outputs import log, setup_logging  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
-from finetune.report import build_report, final_line, score_sets, write_reports  # noqa: E402
+from finetune.report import adapter_disabled, build_report, final_line, score_sets, write_reports  # noqa: E402
 from finetune.train import ADAPTER_DIR  # noqa: E402
 
 
@@ -47,8 +49,6 @@ def tuned_model(recipe, model: str | None, adapter: str | None):
             raise RecipeError("evaluate", [f"{out} has neither {MERGED_DIR}/ nor {ADAPTER_DIR}/: pass --model or "
                                            "--adapter, or train first"])
     if adapter is not None:
-        from peft import PeftModel
-
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise RecipeError("evaluate", [f"--adapter {adapter!r}: no adapter_config.json there"])
         loaded = PeftModel.from_pretrained(load_model(recipe.model), adapter)
@@ -85,7 +85,9 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     models = {}
-    if not args.no_baseline:
+    if not args.no_baseline and isinstance(tuned, PeftModel):  # the base is already loaded under the adapter
+        models["zero_shot"] = lambda: adapter_disabled(tuned)
+    elif not args.no_baseline:
         base = load_model(recipe.model)
         set_decoding(base, recipe.eval)
         models["zero_shot"] = lambda: contextlib.nullcontext(base)

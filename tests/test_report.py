@@ -100,6 +100,14 @@ def test_evaluate_script_scores_a_run(tmp_path: Path, tiny_model_dir: Path, corp
     for model in ("zero_shot", "fine_tuned"):
         assert again["sets"]["tiny test"][model]["wer"] == first["sets"]["tiny test"][model]["wer"]
     assert first["sets"]["guard"]["guard"] is True
+    # Base + adapter instead of the merged checkpoint: the zero-shot model is that base with LoRA off.
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--sets", "tiny test",
+                           "--adapter", str(out / "adapter"), "--output", str(tmp_path / "eval-adapter")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    adapter = json.loads((tmp_path / "eval-adapter" / "report.json").read_text())
+    for model in ("zero_shot", "fine_tuned"):
+        assert adapter["sets"]["tiny test"][model]["wer"] == first["sets"]["tiny test"][model]["wer"]
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--sets", "nope"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "no test set named ['nope']" in bad.stderr
