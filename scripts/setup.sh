@@ -2,12 +2,13 @@
 # Install finetune and everything it needs into .venv (idempotent; re-running is fast).
 #
 # Run as:  bash scripts/setup.sh            # from the project root or anywhere
-#          bash scripts/setup.sh --dev      # also Debian's chromium, for the test that renders report.html
+#          bash scripts/setup.sh --dev      # also test tools and Debian's chromium (renders report.html in a test)
 #
 # 1. Debian packages: ffmpeg (audio/video decoding through torchcodec), espeak-ng (the demo corpus), libsndfile1.
 # 2. torch FIRST, pinned (2.13.0: the CPU build on CPU-only machines with a local wheel, CUDA from PyPI elsewhere),
 #    so no later requirement makes pip resolve a fresh torch and download gigabytes of CUDA wheels.
-# 3. The package with its dev extra, constrained to that torch and to torchcodec 0.13.0 (newest CPU build).
+# 3. The package with its export extra (+ dev, and openai-whisper for its writers, with --dev), constrained to
+#    that torch and to torchcodec 0.13.0 (newest CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,13 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -c .ci/constraints-cpu.txt -e ".[dev]"
+if [ "${1:-}" = "--dev" ]; then
+  .venv/bin/pip install -q -c .ci/constraints-cpu.txt -e ".[dev,export]"
+  # openai-whisper only for its output writers (tests compare ours with them); its deps (numba, triton) are not needed.
+  .venv/bin/pip install -q --no-deps "openai-whisper==20250625"
+else
+  .venv/bin/pip install -q -c .ci/constraints-cpu.txt -e ".[export]"
+fi
 .venv/bin/python -c "import torch, transformers, peft, datasets, torchcodec.decoders; \
 print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, \
 datasets {datasets.__version__}; CUDA available: {torch.cuda.is_available()}')"

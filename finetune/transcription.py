@@ -1,0 +1,194 @@
+"""Long-form transcription of audio and video files with segment timestamps (what scripts/transcribe.py runs).
+
+Whisper's own sequential algorithm, as transformers' generate() implements it: 30 s windows, each window's last
+complete timestamp decides where the next starts, temperature fallback when a window's output looks like a loop
+(compression ratio) or is unlikely (average log-probability), windows judged silent skipped (no-speech probability).
+Several files decode together: each generate() step runs one 30 s window of every file in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from finetune.data import SAMPLE_RATE
+from finetune.recipe import ModelConfig
+
+FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
+WINDOW_FRAMES = 3000  # one 30 s window
+
+
+class AudioError(Exception):
+    """A file that cannot be transcribed; the message names the file and what to do."""
+
+
+@dataclass
+class DecodeOptions:
+    language: str | None  # None: detect per file from its first 30 s
+    task: str = "transcribe"
+    beam_size: int = 1
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # fallback ladder; one value: no fallback
+    # transformers measures the ratio on token bytes, not text: 1.35 there is what 2.4 is in openai-whisper.
+    compression_ratio_threshold: float | None = 1.35
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = False
+    max_new_tokens: int | None = None
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Any file ffmpeg reads (audio, or the best audio stream of a video) -> float32 mono at 16 kHz."""
+    from torchcodec.decoders import AudioDecoder
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if not path.is_file():
+        raise AudioError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        samples = AudioDecoder(str(path), sample_rate=SAMPLE_RATE, num_channels=1).get_all_samples()
+    except ValueError as err:
+        if "audio stream" in str(err):
+            raise AudioError(f"{path}: has no audio stream (a video without sound?)") from None
+        raise AudioError(f"{path}: cannot decode its audio ({str(err).splitlines()[0]})") from None
+    except RuntimeError as err:
+        why = str(err).splitlines()[0].rsplit(":", 1)[-1].replace(str(path), "").strip()
+        raise AudioError(f"{path}: not an audio or video file that ffmpeg can read ({why})") from None
+    waveform = samples.data[0].numpy().astype(np.float32, copy=False)
+    if waveform.size == 0:
+        raise AudioError(f"{path}: the audio stream holds no samples")
+    return waveform
+
+
+def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """CUDA when present (bf16 where supported, else fp16), else CPU in fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        return torch.device(device), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.device(device), torch.float32
+
+
+def load_for_inference(model_name: str, adapter: str | None = None, device: str = "auto",
+                       revision: str | None = None) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """A checkpoint (local or Hub), with a peft adapter merged in when given, on the best device."""
+    from finetune.model import DTYPES, load_model, load_processor
+
+    where, dtype = pick_device(device)
+    dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
+    cfg = ModelConfig(name=model_name, revision=revision, dtype=dtype_name)
+    processor = load_processor(cfg)
+    model = load_model(cfg)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise AudioError(f"--adapter {adapter}: no adapter_config.json there (a peft adapter folder, e.g. "
+                             "runs/NAME/adapter)")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # merged: no LoRA cost per token
+    model.config.use_cache = True
+    return model.to(where).eval(), processor
+
+
+def log_mel(processor: WhisperProcessor, waveforms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Untruncated log-mel features padded to the longest file (at least one 30 s window) + frame mask."""
+    longest = max(len(w) for w in waveforms)
+    padding = "longest" if longest > WINDOW_FRAMES * SAMPLE_RATE // FRAMES_PER_SECOND else "max_length"
+    batch = processor.feature_extractor(waveforms, sampling_rate=SAMPLE_RATE, truncation=False, padding=padding,
+                                        return_attention_mask=True, return_tensors="pt")
+    return batch.input_features, batch.attention_mask
+
+
+@torch.inference_mode()
+def detect_languages(model: WhisperForConditionalGeneration, processor: WhisperProcessor,
+                     features: torch.Tensor) -> list[str]:
+    """Language code per file from its first 30 s (detected first, then decoded with it: see PITFALLS)."""
+    parameter = next(model.parameters())
+    ids = model.detect_language(input_features=features[:, :, :WINDOW_FRAMES].to(parameter.device, parameter.dtype))
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids.view(-1).tolist())
+    return [token.strip("<|>") for token in tokens]
+
+
+def _segment(processor: WhisperProcessor, raw: dict[str, Any], index: int, duration: float) -> dict[str, Any]:
+    """One transformers segment -> openai-whisper's segment fields (times in s, clamped to the file)."""
+    tokens = [int(t) for t in raw["tokens"].tolist() if int(t) < processor.tokenizer.eos_token_id]
+    start = min(max(float(raw["start"]), 0.0), duration)
+    end = min(max(float(raw["end"]), start), duration)
+    return {"id": index, "seek": int(round(start * FRAMES_PER_SECOND)), "start": round(start, 3),
+            "end": round(end, 3), "text": processor.tokenizer.decode(tokens, skip_special_tokens=True),
+            "tokens": tokens}
+
+
+def to_result(processor: WhisperProcessor, segments: list[dict[str, Any]], language: str,
+              duration: float) -> dict[str, Any]:
+    """openai-whisper's result layout: {"text", "segments", "language"}; empty segments dropped as it does."""
+    kept: list[dict[str, Any]] = []
+    for raw in segments:
+        segment = _segment(processor, raw, len(kept), duration)
+        if segment["text"].strip():
+            if kept and segment["start"] < kept[-1]["end"]:  # keep the timeline monotonic
+                segment["start"] = kept[-1]["end"]
+                segment["end"] = max(segment["end"], segment["start"])
+            kept.append(segment)
+    # Segment texts as decoded (openai-whisper's), joined with one space where a segment does not start with one.
+    text = "".join(s["text"] if s["text"][:1].isspace() else " " + s["text"] for s in kept)
+    return {"text": text, "segments": kept, "language": language}
+
+
+@torch.inference_mode()
+def transcribe_batch(model: WhisperForConditionalGeneration, processor: WhisperProcessor,
+                     waveforms: list[np.ndarray], options: DecodeOptions,
+                     on_progress: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
+    """Whole files (any length) -> one openai-whisper style result per file. `on_progress` gets the audio
+    seconds decoded so far in this batch."""
+    parameter = next(model.parameters())
+    features, mask = log_mel(processor, waveforms)
+    languages = [options.language] * len(waveforms) if options.language else detect_languages(model, processor,
+                                                                                                features)
+    temperatures = options.temperatures if len(options.temperatures) > 1 else options.temperatures[0]
+    monitor = None
+    if on_progress is not None:
+        def monitor(seek_and_total: torch.Tensor) -> None:
+            frames = torch.minimum(seek_and_total[:, 0], seek_and_total[:, 1]).sum()
+            on_progress(float(frames) / FRAMES_PER_SECOND)
+    out = model.generate(
+        input_features=features.to(parameter.device, parameter.dtype),
+        attention_mask=mask.to(parameter.device),
+        language=languages[0] if len(set(languages)) == 1 else languages,
+        task=options.task,
+        return_timestamps=True,
+        return_segments=True,
+        num_beams=options.beam_size,
+        temperature=temperatures,
+        compression_ratio_threshold=options.compression_ratio_threshold,
+        logprob_threshold=options.logprob_threshold,
+        no_speech_threshold=options.no_speech_threshold,
+        condition_on_prev_tokens=options.condition_on_previous_text,
+        max_new_tokens=options.max_new_tokens,
+        monitor_progress=monitor,
+    )
+    durations = [len(w) / SAMPLE_RATE for w in waveforms]
+    return [to_result(processor, segments, language, duration)
+            for segments, language, duration in zip(out["segments"], languages, durations)]
+
+
+def batches_by_length(durations: list[float], batch_size: int) -> list[list[int]]:
+    """Indices grouped longest first: files of similar length share a batch (less padding)."""
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def temperature_ladder(start: float, increment: float | None) -> tuple[float, ...]:
+    """openai-whisper's fallback temperatures: start, start+increment, ... up to 1.0."""
+    if not increment:
+        return (start,)
+    steps = int(math.floor((1.0 - start) / increment + 1e-6)) + 1
+    return tuple(round(start + i * increment, 4) for i in range(max(steps, 1)))

@@ -1,0 +1,143 @@
+"""Transcribe audio and video files with a (fine-tuned) Whisper, writing the whisper CLI's output files.
+
+Run as:
+    python scripts/transcribe.py call.mp3 meeting.mp4 --model runs/es-synth-base/merged --language es
+    python scripts/transcribe.py *.flac --model ../shared/models/whisper-base --adapter runs/demo/adapter \
+        --output_format srt --output_dir subs/
+    python scripts/transcribe.py talk.mkv --model openai/whisper-small --task translate      # language detected
+
+Any length (long files are decoded window by window with segment timestamps), any format ffmpeg reads; a video's
+audio track is decoded directly. Writes `<stem>.txt/.vtt/.srt/.tsv/.json` (openai-whisper's layouts) to
+--output_dir. A file that cannot be read is reported and skipped; the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# Project root first on sys.path (scripts/evaluate.py would shadow the `evaluate` package otherwise).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tqdm.auto import tqdm  # noqa: E402
+
+from finetune.data import SAMPLE_RATE  # noqa: E402
+from finetune.recipe import RecipeError, language_code  # noqa: E402
+from finetune.transcription import (AudioError, DecodeOptions, batches_by_length, load_audio,  # noqa: E402
+                                    load_for_inference, temperature_ladder, transcribe_batch)
+from finetune.writers import FORMATS, write_result  # noqa: E402
+
+
+def optional_float(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
+
+
+def language_arg(value: str) -> str:
+    try:
+        return language_code(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio or video files")
+    p.add_argument("--model", required=True, help="checkpoint directory (e.g. runs/NAME/merged) or Hub id")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model")
+    p.add_argument("--adapter", default=None, help="peft adapter folder applied on --model (merged in memory)")
+    p.add_argument("--language", type=language_arg, default=None,
+                   help="spoken language (code or name); detected per file from its first 30 s when left out")
+    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    p.add_argument("--output_format", "-f", choices=FORMATS, default="all")
+    p.add_argument("--output_dir", "-o", default=".")
+    p.add_argument("--beam_size", type=int, default=1, help="beams at temperature 0 (1 = greedy)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature_increment_on_fallback", type=optional_float, default=0.2,
+                   help="raise the temperature by this when a window fails the thresholds below (none: never)")
+    p.add_argument("--compression_ratio_threshold", type=optional_float, default=1.35,
+                   help="fallback when the window's token compression ratio is above this (transformers measures "
+                        "it on tokens: 1.35 here is openai-whisper's 2.4 on text)")
+    p.add_argument("--logprob_threshold", type=optional_float, default=-1.0,
+                   help="fallback when the average log-probability is below this")
+    p.add_argument("--no_speech_threshold", type=optional_float, default=0.6,
+                   help="skip a window as silence when no-speech probability is above this and the log-probability "
+                        "is below --logprob_threshold")
+    p.add_argument("--condition_on_previous_text", action="store_true",
+                   help="prompt each window with the previous one's text (openai-whisper's default; off here because "
+                        "fine-tuned adapters were trained without such prompts and loop more with them)")
+    p.add_argument("--batch_size", type=int, default=8, help="files decoded together, window by window")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--verbose", action="store_true", help="print each file's segments")
+    args = p.parse_args(argv)
+    if args.beam_size < 1 or args.batch_size < 1:
+        p.error("--beam_size and --batch_size must be at least 1")
+    if not 0.0 <= args.temperature <= 1.0:
+        p.error(f"--temperature {args.temperature}: must be within [0, 1]")
+    return args
+
+
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    return DecodeOptions(
+        language=args.language, task=args.task, beam_size=args.beam_size,
+        temperatures=temperature_ladder(args.temperature, args.temperature_increment_on_fallback),
+        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold, condition_on_previous_text=args.condition_on_previous_text)
+
+
+def read_inputs(paths: list[str]) -> tuple[dict[str, object], list[str]]:
+    """Decoded waveforms by path, and one message per file that could not be read."""
+    waveforms, errors = {}, []
+    for path in paths:
+        try:
+            waveforms[path] = load_audio(path)
+        except AudioError as err:
+            errors.append(str(err))
+    return waveforms, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # 1. Decode every input first: unreadable files are reported before any model time is spent.
+    waveforms, errors = read_inputs(args.inputs)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if not waveforms:
+        return 1
+    # 2. Model (+ adapter) on CUDA when there is one.
+    try:
+        model, processor = load_for_inference(args.model, args.adapter, args.device, args.revision)
+    except (RecipeError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # 3. Decode longest files first, a batch of files at a time, with a progress bar over audio seconds.
+    paths = list(waveforms)
+    durations = [len(waveforms[p]) / SAMPLE_RATE for p in paths]
+    options = decode_options(args)
+    start = time.perf_counter()
+    with tqdm(total=round(sum(durations), 1), unit="audio s", desc=f"{len(paths)} file(s)", file=sys.stderr) as bar:
+        for batch in batches_by_length(durations, args.batch_size):
+            done_before = bar.n
+
+            def progress(seconds: float, base: float = done_before) -> None:
+                bar.update(round(base + seconds, 1) - bar.n)
+            results = transcribe_batch(model, processor, [waveforms[paths[i]] for i in batch], options, progress)
+            bar.update(round(done_before + sum(durations[i] for i in batch), 1) - bar.n)
+            # 4. Write <stem>.<ext> per file as soon as its batch is done.
+            for i, result in zip(batch, results):
+                written = write_result(result, paths[i], args.output_dir, args.output_format)
+                bar.write(f"{paths[i]} [{result['language']}, {durations[i]:.1f} s, {len(result['segments'])} "
+                          f"segments] -> {', '.join(str(w) for w in written)}")
+                if args.verbose:
+                    for s in result["segments"]:
+                        bar.write(f"[{s['start']:8.2f} --> {s['end']:8.2f}] {s['text'].strip()}")
+    elapsed = time.perf_counter() - start
+    print(f"{len(paths)} file(s), {sum(durations):.1f} s of audio in {elapsed:.1f} s "
+          f"({sum(durations) / max(elapsed, 1e-9):.1f}x real time); {len(errors)} failed", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
