@@ -7,15 +7,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from finetune.data import SAMPLE_RATE
 
 IGNORE_INDEX = -100  # label positions the loss skips
+ENCODER_COLUMN = "encoder_hidden_states"  # cached encoder outputs (finetune/encoder_cache.py)
 
 
 @dataclass
 class SpeechCollator:
-    """Rows with `input_features` or `waveform`, and `labels` (prefix + text + <|endoftext|>) -> model inputs.
+    """Rows with `input_features`, `waveform` or cached encoder outputs, and `labels` (prefix + text + <|endoftext|>) -> model inputs.
 
     The decoder start token (<|startoftranscript|>) is stripped from the labels only when every row starts with it:
     the model prepends it again when it shifts the labels right. Padding is masked from the attention mask, not by
@@ -30,7 +32,11 @@ class SpeechCollator:
         labels = padded["input_ids"].masked_fill(padded["attention_mask"].ne(1), IGNORE_INDEX)
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]
-        batch = {"input_features": self.features(rows), "labels": labels}
+        if ENCODER_COLUMN in rows[0]:  # frozen-encoder fast path: the decoder reads the cached encoder output
+            hidden = torch.from_numpy(np.stack([np.asarray(row[ENCODER_COLUMN], dtype=np.float32) for row in rows]))
+            batch = {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "labels": labels}
+        else:
+            batch = {"input_features": self.features(rows), "labels": labels}
         if all("language" in row for row in rows):  # each clip's language, for generation (see WhisperTrainer)
             batch["language"] = [row["language"] for row in rows]
         return batch

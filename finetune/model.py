@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ContextManager
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -70,6 +73,14 @@ def load_model(cfg: ModelConfig) -> WhisperForConditionalGeneration:
     return model
 
 
+def precision_context(device_type: str, precision: str) -> ContextManager:
+    """torch autocast for "bf16"/"fp16" (what the Trainer's mixed precision does on CPU and GPU); none for fp32.
+    Weights stay in their dtype; matmuls run in the low precision (on CPUs with AVX-512 BF16/AMX, ~2x fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def set_language(model: WhisperForConditionalGeneration, language: str, task: str) -> None:
     """Language and task live on the generation config: generate() and pipeline() then need no arguments."""
     model.generation_config.language = language
@@ -93,7 +104,7 @@ def add_lora(model: WhisperForConditionalGeneration, cfg: LoraConfig, seed: int)
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
+        target_modules=lora_targets(cfg),
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         bias="none",
@@ -103,6 +114,20 @@ def add_lora(model: WhisperForConditionalGeneration, cfg: LoraConfig, seed: int)
         return get_peft_model(model, config)
     except ValueError as err:  # target modules that match nothing
         raise RecipeError("lora", [f"lora.target_modules={cfg.target_modules}: {err}"]) from None
+
+
+def lora_targets(cfg: LoraConfig) -> list[str] | str:
+    """Module names for peft: the list as given, or (decoder only) a regex peft matches against full names."""
+    if cfg.encoder:
+        return cfg.target_modules
+    names = "|".join(re.escape(name) for name in cfg.target_modules)
+    return rf".*decoder\..*\.({names})"
+
+
+def find_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """WhisperEncoder of a plain or peft-wrapped Whisper."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return base.get_encoder()
 
 
 def load_adapter(cfg: ModelConfig, adapter_dir: str | Path) -> PeftModel:

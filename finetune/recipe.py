@@ -79,6 +79,9 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
     use_dora: bool = False
     use_rslora: bool = False
+    # false: adapters in the decoder only; the encoder stays frozen, so its outputs can be computed once and cached
+    # (train.cache_encoder). On whisper-base that step is several times faster; the encoder then cannot adapt.
+    encoder: bool = Field(True, description="adapters in the encoder too (false = decoder only, encoder frozen)")
 
     @field_validator("target_modules")
     @classmethod
@@ -213,6 +216,12 @@ class TrainConfig(Section):
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    # Frozen-encoder fast path: each clip's encoder output computed once (datasets cache on disk) and reused for
+    # every epoch and for evaluation. auto = on when nothing can change it: lora.encoder false, no SpecAugment, no
+    # waveform augmentation, no streamed train source. true = require it (an error says what prevents it).
+    cache_encoder: Literal["auto", True, False] = Field(
+        "auto", description="reuse cached encoder outputs when the encoder is frozen (auto, true, false)"
+    )
     eval_steps: int = Field(100, gt=0, description="evaluate and save a checkpoint every N optimizer steps")
     logging_steps: int = Field(10, gt=0)
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept (the best one is always kept)")
@@ -282,6 +291,9 @@ class EvalConfig(Section):
     num_beams: int = Field(1, gt=0, description="1 = greedy")
     temperature: float = Field(0.0, ge=0.0, description="0 = deterministic; > 0 samples (reports then vary)")
     max_new_tokens: int = Field(128, gt=0, le=MAX_TARGET_POSITIONS - PROMPT_TOKENS)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="numerics of generation in reports: auto = the training precision (train.bf16/fp16)"
+    )
     metric_for_best: Literal["wer", "cer", "wer_ortho", "cer_ortho"] = Field(
         "wer", description="lower is better; wer = normalized WER"
     )
@@ -331,7 +343,34 @@ class Recipe(Section):
     def _streaming_needs_steps(self) -> Recipe:
         if any(s.streaming for s in self.data.train) and self.train.max_steps <= 0:
             raise ValueError("train: a streamed train source has no known length: set train.max_steps")
+        if self.train.cache_encoder is True and self.encoder_cache_blockers():
+            raise ValueError(f"train.cache_encoder=true, but {'; '.join(self.encoder_cache_blockers())}. Remove "
+                             "those, or set train.cache_encoder=auto to fall back to the full path")
         return self
+
+    def encoder_cache_blockers(self) -> list[str]:
+        """Why encoder outputs cannot be computed once and reused (empty: they can)."""
+        blockers = []
+        if self.lora.encoder:
+            blockers.append("lora.encoder=true trains encoder adapters (set lora.encoder=false)")
+        if self.augment.spec_augment:
+            blockers.append("augment.spec_augment masks the encoder input at every step")
+        if self.augment.on_waveform:
+            blockers.append("augment.speed_prob/noise_prob change the audio at every step")
+        if any(s.streaming for s in self.data.train):
+            blockers.append("a streamed train source cannot be cached")
+        return blockers
+
+    @property
+    def train_precision(self) -> str:
+        return "bf16" if self.train.bf16 else "fp16" if self.train.fp16 else "fp32"
+
+    @property
+    def eval_precision(self) -> str:
+        return self.train_precision if self.eval.precision == "auto" else self.eval.precision
+
+    def uses_encoder_cache(self) -> bool:
+        return self.train.cache_encoder is not False and not self.encoder_cache_blockers()
 
 
 # Seq2SeqTrainingArguments fields that finetune/train.py sets from the recipe or fixes for Whisper + LoRA.

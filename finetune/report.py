@@ -31,7 +31,7 @@ from datasets import Dataset
 
 from finetune.data import PreparedData, SourceCount, counts_table
 from finetune.metrics import analyse, normalizer_for, sclite_listing, top_errors
-from finetune.model import transcribe_dataset
+from finetune.model import precision_context, transcribe_dataset
 from finetune.outputs import log, write_json, write_text
 from finetune.recipe import EvalConfig, Recipe, Source
 
@@ -293,7 +293,8 @@ def final_report(recipe: Recipe, trainer, processor: Any, data: PreparedData, tr
         else {}
     models["fine_tuned"] = lambda: contextlib.nullcontext(tuned)
     language = recipe.model.language
-    sets = score_sets(models, processor, data.test, recipe.data.test_sets, recipe.eval, language)
+    with precision_context(next(tuned.parameters()).device.type, recipe.eval_precision):
+        sets = score_sets(models, processor, data.test, recipe.data.test_sets, recipe.eval, language)
     report, predictions = build_report(sets, recipe.eval, language, normalizer_for(language, processor.tokenizer)[0],
                                        training, trainer.state.log_history, merged_info, data.counts)
     write_reports(recipe.output_dir, report, predictions)

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
 
 from finetune.data import counts_table, first_rows, load_data, save_data_report  # noqa: E402
+from finetune.encoder_cache import cache_encoder_outputs  # noqa: E402
 from finetune.hub import publish  # noqa: E402
 from finetune.merge import merge_adapter  # noqa: E402
 from finetune.model import (add_lora, count_parameters, load_model, load_processor, set_decoding,  # noqa: E402
@@ -66,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
         log.info("Check passed: recipe, model and data are usable. Nothing was trained.")
         return 0
 
-    # 5. Train; the best adapter by eval WER is kept and saved to <output_dir>/adapter.
-    trainer = build_trainer(recipe, model, processor, data, training_args)
+    # 5. Train (frozen encoder: on encoder outputs computed once); the best adapter by eval WER is saved to
+    #    <output_dir>/adapter.
+    train_data = cache_encoder_outputs(recipe, model, processor, data, training_args.device,
+                                       training_args.main_process_first)
+    trainer = build_trainer(recipe, model, processor, train_data, training_args)
     training = train(trainer, resume_checkpoint(recipe))
     adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
 

@@ -39,7 +39,7 @@ class DecodeOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     condition_on_previous_text: bool = False
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = 224  # per 30 s window: openai-whisper's limit (half the text context)
 
 
 def load_audio(path: str | Path) -> np.ndarray:

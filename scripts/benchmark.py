@@ -1,24 +1,31 @@
-"""Measure a recipe's training and evaluation speed and memory on this machine; write JSON.
+"""Measure a recipe's training and evaluation speed and memory on this machine; write JSON (+ Markdown).
 
 Run as:
     python scripts/benchmark.py recipes/es-synth-base.yaml --steps 6 --eval-clips 16 --output benchmark.json
+    python scripts/benchmark.py recipes/es-synth-base.yaml --compare --steps 4 --train-rows 40   # all variants
+    python scripts/benchmark.py recipes/es-synth-base.yaml --compare --variants fp32-full,bf16-cached
     accelerate launch --multi_gpu --num_processes 2 scripts/benchmark.py recipes/demo.yaml --steps 4   # 2 ranks
-    python scripts/benchmark.py recipes/demo.yaml model.name=/path/to/whisper-tiny train.bf16=true
     python scripts/benchmark.py recipes/es-synth-base.yaml --prepare-only      # data preparation: time, peak RSS
 
 Trains `--steps` optimizer steps (no evaluation, no checkpoints, outputs in a temporary directory), then generates
 on the first `--eval-clips` eval clips. The first step is reported apart (warm-up); rates use the steps after it.
-Numbers are for the machine they ran on: the JSON records threads, world size, device and load with them.
+FLOPs per step are counted by torch's FlopCounterMode on one extra forward + backward of a training batch, and set
+against a matmul peak measured on the spot. `--compare` runs the recipe under every variant (fp32/bf16 x full
+encoder+decoder LoRA / decoder-only LoRA on cached encoder outputs x activation checkpointing off/on), each in its
+own process (so each peak memory is its own), and writes benchmark.json + benchmark.md. Numbers are for the machine
+they ran on: the JSON records threads, world size, device and load with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +35,14 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from finetune.data import load_data  # noqa: E402
-from finetune.model import add_lora, count_parameters, load_model, load_processor, set_decoding  # noqa: E402
-from finetune.outputs import is_main_process, package_versions, setup_logging, write_json  # noqa: E402
+from finetune.encoder_cache import cache_encoder_outputs  # noqa: E402
+from finetune.model import (add_lora, count_parameters, load_model, load_processor, precision_context,  # noqa: E402
+                            set_decoding)
+from finetune.outputs import is_main_process, package_versions, setup_logging, write_json, write_text  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
 from finetune.train import build_trainer, training_arguments  # noqa: E402
 
@@ -56,6 +66,41 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available():
         memory["peak_gpu_allocated_gb"] = torch.cuda.max_memory_allocated() / 1024**3
     return memory
+
+
+# PyTorch's CPU attention kernel has no FLOP formula in FlopCounterMode: count it like the GPU kernels.
+_aten = torch.ops.aten
+CPU_ATTENTION_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v),
+}
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
+    """Achievable matmul rate here, now (GFLOP/s): square matmuls repeated for about `seconds`."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        runs += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def step_flops(trainer, model, precision: str) -> int:
+    """FLOPs of one training forward + backward (one process's batch), as this configuration runs it."""
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model.train()
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    with counter, precision_context(trainer.args.device.type, precision):
+        trainer.compute_loss(model, batch).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def benchmark_preparation(args: argparse.Namespace, workdir: str) -> dict:
@@ -91,6 +136,10 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
     set_decoding(model.get_base_model(), recipe.eval)
     data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first)
+    start = time.perf_counter()
+    data = cache_encoder_outputs(recipe, model, processor, data, training_args.device,
+                                 training_args.main_process_first)
+    encoder_cache_s = time.perf_counter() - start if recipe.uses_encoder_cache() else None
     trainer = build_trainer(recipe, model, processor, data, training_args)
     timer = StepTimer()
     trainer.add_callback(timer)
@@ -108,14 +157,22 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     trainer.predict(eval_set)
     eval_s = time.perf_counter() - start
     trainable, total = count_parameters(model)
+    flops = step_flops(trainer, model, recipe.train_precision)
+    peak = matmul_peak_gflops(torch.bfloat16 if recipe.train.bf16 else torch.float16 if recipe.train.fp16
+                              else torch.float32, training_args.device)
+    per_process_batch = recipe.train.per_device_train_batch_size
+    achieved = flops / per_process_batch * clips_per_step / step_s / 1e9 / training_args.world_size
     return {
         "recipe": args.recipe, "overrides": args.overrides, "model": recipe.model.name,
         "device": str(training_args.device), "world_size": training_args.world_size,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "precision": "bf16" if recipe.train.bf16 else "fp16" if recipe.train.fp16 else "fp32",
+        "precision": recipe.train_precision,
         "gradient_checkpointing": recipe.train.gradient_checkpointing,
+        "path": "decoder-only, cached encoder outputs" if recipe.uses_encoder_cache() else
+                "full encoder+decoder LoRA" if recipe.lora.encoder else "decoder-only LoRA, encoder run every step",
+        "encoder_cache_s": encoder_cache_s, "train_rows": len(data.train),
         "trainable_parameters": trainable, "total_parameters": total,
         "train": {
             "steps": steps, "clips_per_step": clips_per_step, "first_step_s": timer.times[0],
@@ -123,6 +180,8 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
             "samples_per_s": clips_per_step / step_s,
             "audio_seconds_per_s": clips_per_step * mean_clip_s / step_s,  # mean clip length x clips per second
             "mean_clip_s": mean_clip_s, "step_times_s": timer.times,
+            "flops_per_sample": flops / per_process_batch, "achieved_gflops": achieved,
+            "matmul_peak_gflops": peak, "share_of_peak": achieved / peak,
         },
         "eval": {"clips": len(eval_set), "seconds": eval_s, "clips_per_s": len(eval_set) / eval_s,
                  "batch_size": recipe.eval.batch_size, "num_beams": recipe.eval.num_beams},
@@ -131,23 +190,95 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     }
 
 
+PATHS = {"full": ["lora.encoder=true", "train.cache_encoder=false"],
+         "cached": ["lora.encoder=false", "train.cache_encoder=true"]}
+PRECISIONS = {"fp32": ["train.bf16=false", "train.fp16=false"], "bf16": ["train.bf16=true", "train.fp16=false"]}
+VARIANTS = {f"{precision}-{path}{'-ckpt' if ckpt else ''}":
+            [*PRECISIONS[precision], *PATHS[path], f"train.gradient_checkpointing={str(ckpt).lower()}"]
+            for path, precision, ckpt in itertools.product(PATHS, PRECISIONS, (False, True))}
+
+
+def compare(args: argparse.Namespace, workdir: str) -> dict:
+    """Every selected variant in its own process; one JSON with all of them."""
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise RecipeError("benchmark", [f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}"])
+    recipe = load_recipe(args.recipe, args.overrides)
+    rows = [f"data.train.{i}.max_samples={args.train_rows}" for i in range(len(recipe.data.train))] \
+        if args.train_rows else []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = []
+    for name in names:
+        out = Path(workdir) / f"{name}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), args.recipe, *args.overrides, *rows,
+                   *VARIANTS[name], "--steps", str(args.steps), "--eval-clips", str(args.eval_clips),
+                   "--output", str(out)]
+        print(f"benchmark: {name}: {' '.join(VARIANTS[name])}", file=sys.stderr, flush=True)
+        done = subprocess.run(command)
+        results.append({"variant": name, **(json.loads(out.read_text()) if done.returncode == 0 and out.is_file()
+                                            else {"error": f"exit status {done.returncode}"})})
+    return {
+        "recipe": args.recipe, "overrides": args.overrides + rows, "steps": args.steps,
+        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "device": str(device),
+        "matmul_peak_gflops": {"fp32": matmul_peak_gflops(torch.float32, device),
+                               "bf16": matmul_peak_gflops(torch.bfloat16, device)},
+        "load_average": os.getloadavg(), "variants": results, "versions": package_versions(),
+    }
+
+
+def comparison_table(result: dict) -> str:
+    """Markdown: one row per variant, speed-up against the first (fp32 full, unless --variants says otherwise)."""
+    lines = ["| variant | path | s/sample | samples/s | audio s/s | GFLOP/s | share of matmul peak | peak RSS GB "
+             "| eval clips/s | speed-up |", "|" + "---|" * 10]
+    ok = [r for r in result["variants"] if "train" in r]
+    first = ok[0]["train"]["s_per_sample"] if ok else None
+    for r in result["variants"]:
+        if "train" not in r:
+            lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 8)
+            continue
+        t = r["train"]
+        lines.append(f"| {r['variant']} | {r['path']} | {t['s_per_sample']:.3f} | {t['samples_per_s']:.2f} | "
+                     f"{t['audio_seconds_per_s']:.1f} | {t['achieved_gflops']:.0f} | {100 * t['share_of_peak']:.0f} % | "
+                     f"{r['memory']['peak_rss_gb']:.2f} | {r['eval']['clips_per_s']:.2f} | "
+                     f"{first / t['s_per_sample']:.2f}x |")
+    peaks = result["matmul_peak_gflops"]
+    return "\n".join(lines) + (f"\n\n{result['machine']}, {result['cpu_count']} CPUs, {result['device']}; matmul "
+                               f"peak measured on the spot: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} "
+                               f"GFLOP/s; {result['steps']} steps per variant (first = warm-up).\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark a recipe's training and evaluation speed.")
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for finetune/run.py")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps to time (the first is warm-up)")
     parser.add_argument("--eval-clips", type=int, default=16, help="eval clips to transcribe")
-    parser.add_argument("--output", default="benchmark.json", help="JSON file to write")
+    parser.add_argument("--output", default="benchmark.json", help="JSON file to write (--compare: + .md)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="time data preparation alone (into an empty datasets cache): rows/s, peak RSS")
+    parser.add_argument("--compare", action="store_true", help="run every variant (or --variants) and compare")
+    parser.add_argument("--variants", default=None, help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--train-rows", type=int, default=None,
+                        help="use only the first N rows of each train source (bounds data and encoder-cache time)")
     args = parser.parse_intermixed_args()
     setup_logging()
+    if args.train_rows and not args.compare:
+        args.overrides += [f"data.train.{i}.max_samples={args.train_rows}"
+                           for i in range(len(load_recipe(args.recipe, args.overrides).data.train))]
     try:
         with tempfile.TemporaryDirectory(prefix="finetune-bench-") as workdir:
-            result = (benchmark_preparation if args.prepare_only else benchmark)(args, workdir)
+            run = compare if args.compare else benchmark_preparation if args.prepare_only else benchmark
+            result = run(args, workdir)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.compare:
+        write_json(args.output, result)
+        table = comparison_table(result)
+        write_text(Path(args.output).with_suffix(".md"), table)
+        print(table)
+        return 0 if all("train" in r for r in result["variants"]) else 1
     if is_main_process():
         write_json(args.output, result)
         shown = ("rows", "seconds", "rows_per_s", "memory", "cache_gb") if args.prepare_only else \

@@ -30,7 +30,7 @@ from peft import PeftModel  # noqa: E402
 from finetune.data import load_test_sets  # noqa: E402
 from finetune.merge import MERGED_DIR  # noqa: E402
 from finetune.metrics import normalizer_for  # noqa: E402
-from finetune.model import load_model, load_processor, set_decoding  # noqa: E402
+from finetune.model import load_model, load_processor, precision_context, set_decoding  # noqa: E402
 from finetune.outputs import log, setup_logging  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
 from finetune.report import adapter_disabled, build_report, final_line, score_sets, write_reports  # noqa: E402
@@ -94,7 +94,8 @@ def main() -> int:
     models["fine_tuned"] = lambda: contextlib.nullcontext(tuned)
     log.info("Zero-shot: %s; fine-tuned: %s", recipe.model.name if not args.no_baseline else "(skipped)", tuned_name)
     language = recipe.model.language
-    sets = score_sets(models, processor, test, recipe.data.test_sets, recipe.eval, language)
+    with precision_context(next(tuned.parameters()).device.type, recipe.eval_precision):  # eval.precision
+        sets = score_sets(models, processor, test, recipe.data.test_sets, recipe.eval, language)
     report, predictions = build_report(sets, recipe.eval, language, normalizer_for(language, processor.tokenizer)[0],
                                        {"fine_tuned_model": tuned_name}, training_history(recipe.output_dir), None,
                                        counts)
