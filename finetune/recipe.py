@@ -369,6 +369,10 @@ class Recipe(Section):
     def eval_precision(self) -> str:
         return self.train_precision if self.eval.precision == "auto" else self.eval.precision
 
+    def eval_settings(self) -> EvalConfig:
+        """The eval section with `precision: auto` resolved (what reports record)."""
+        return self.eval.model_copy(update={"precision": self.eval_precision})
+
     def uses_encoder_cache(self) -> bool:
         return self.train.cache_encoder is not False and not self.encoder_cache_blockers()
 

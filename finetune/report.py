@@ -122,6 +122,9 @@ def build_report(sets: dict[str, Any], cfg: EvalConfig, language: str, normalize
 def regression_lines(report: dict[str, Any]) -> list[str]:
     if not report["regressions"]:
         guards = [name for name, e in report["sets"].items() if e["guard"]]
+        unchecked = [name for name in guards if "zero_shot" not in report["sets"][name]]
+        if unchecked:  # eval.baseline: false (or --no-baseline): nothing to compare with
+            return [f"Guard sets NOT checked, no zero-shot baseline was scored: {', '.join(unchecked)}."]
         return [f"No guard set regressed (guards: {', '.join(guards)})."] if guards else []
     return [f"REGRESSION on guard set {r['set']!r}: WER {r['zero_shot_wer']:.2f} -> {r['fine_tuned_wer']:.2f} "
             f"(+{r['delta_wer']:.2f} points, threshold {report['guard_threshold']:g})" for r in report["regressions"]]
@@ -295,7 +298,8 @@ def final_report(recipe: Recipe, trainer, processor: Any, data: PreparedData, tr
     language = recipe.model.language
     with precision_context(next(tuned.parameters()).device.type, recipe.eval_precision):
         sets = score_sets(models, processor, data.test, recipe.data.test_sets, recipe.eval, language)
-    report, predictions = build_report(sets, recipe.eval, language, normalizer_for(language, processor.tokenizer)[0],
+    normalizer = normalizer_for(language, processor.tokenizer)[0]
+    report, predictions = build_report(sets, recipe.eval_settings(), language, normalizer,
                                        training, trainer.state.log_history, merged_info, data.counts)
     write_reports(recipe.output_dir, report, predictions)
     return report

@@ -13,6 +13,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from finetune.collator import SpeechCollator
 from finetune.data import PreparedData
 from finetune.metrics import compute_metrics_fn
+from finetune.model import precision_context
 from finetune.outputs import atomic_dir, log
 from finetune.recipe import Recipe, RecipeError
 
@@ -95,7 +96,12 @@ class WhisperTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer that generates each clip in its own language (mixed-language eval sets score right).
 
     The collator's `language` list is no model input: it is dropped for the loss and handed to generate().
+    Evaluation runs under `eval_precision` autocast: the Trainer's mixed precision covers training steps only.
     """
+
+    def __init__(self, *args, eval_precision: str = "fp32", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_precision = eval_precision
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs = {k: v for k, v in inputs.items() if k != "language"}
@@ -106,7 +112,9 @@ class WhisperTrainer(Seq2SeqTrainer):
         languages = inputs.pop("language", None)
         if languages and "language" not in gen_kwargs:
             gen_kwargs["language"] = languages[0] if len(set(languages)) == 1 else list(languages)
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        with precision_context(self.args.device.type, self.eval_precision):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys,
+                                           **gen_kwargs)
 
 
 def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedData,
@@ -119,6 +127,7 @@ def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedDat
         data_collator=SpeechCollator(processor, model.config.decoder_start_token_id),
         processing_class=processor,  # saved with every checkpoint
         compute_metrics=compute_metrics_fn(processor.tokenizer, recipe.model.language),
+        eval_precision=recipe.eval_precision,
     )
 
 

@@ -42,8 +42,8 @@ class DecodeOptions:
     max_new_tokens: int | None = 224  # per 30 s window: openai-whisper's limit (half the text context)
 
 
-def load_audio(path: str | Path) -> np.ndarray:
-    """Any file ffmpeg reads (audio, or the best audio stream of a video) -> float32 mono at 16 kHz."""
+def _open(path: str | Path):
+    """torchcodec's decoder of the file's best audio stream (16 kHz mono), or an AudioError saying why not."""
     from torchcodec.decoders import AudioDecoder
 
     path = Path(path)
@@ -54,7 +54,7 @@ def load_audio(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
-        samples = AudioDecoder(str(path), sample_rate=SAMPLE_RATE, num_channels=1).get_all_samples()
+        return AudioDecoder(str(path), sample_rate=SAMPLE_RATE, num_channels=1)
     except ValueError as err:
         if "audio stream" in str(err):
             raise AudioError(f"{path}: has no audio stream (a video without sound?)") from None
@@ -62,6 +62,20 @@ def load_audio(path: str | Path) -> np.ndarray:
     except RuntimeError as err:
         why = str(err).splitlines()[0].rsplit(":", 1)[-1].replace(str(path), "").strip()
         raise AudioError(f"{path}: not an audio or video file that ffmpeg can read ({why})") from None
+
+
+def probe_duration(path: str | Path) -> float:
+    """Seconds of audio, from the container's metadata (nothing decoded; decodes when the header has none)."""
+    duration = _open(path).metadata.duration_seconds
+    return float(duration) if duration else len(load_audio(path)) / SAMPLE_RATE
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Any file ffmpeg reads (audio, or the best audio stream of a video) -> float32 mono at 16 kHz."""
+    try:
+        samples = _open(path).get_all_samples()
+    except RuntimeError as err:  # opened, but a packet would not decode
+        raise AudioError(f"{path}: cannot decode its audio ({str(err).splitlines()[0]})") from None
     waveform = samples.data[0].numpy().astype(np.float32, copy=False)
     if waveform.size == 0:
         raise AudioError(f"{path}: the audio stream holds no samples")

@@ -6,6 +6,7 @@ Run as:
     python scripts/benchmark.py recipes/es-synth-base.yaml --compare --variants fp32-full,bf16-cached
     accelerate launch --multi_gpu --num_processes 2 scripts/benchmark.py recipes/demo.yaml --steps 4   # 2 ranks
     python scripts/benchmark.py recipes/es-synth-base.yaml --prepare-only      # data preparation: time, peak RSS
+    python scripts/benchmark.py --runtimes runs/es-synth-base/merged --audio long.flac clip*.flac   # inference
 
 Trains `--steps` optimizer steps (no evaluation, no checkpoints, outputs in a temporary directory), then generates
 on the first `--eval-clips` eval clips. The first step is reported apart (warm-up); rates use the steps after it.
@@ -144,8 +145,10 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     timer = StepTimer()
     trainer.add_callback(timer)
     load_before = os.getloadavg()
+    phases = {"after_data_gb": peak_memory()["peak_rss_gb"]}  # the process peak so far, phase by phase
 
     trainer.train()
+    phases["after_train_gb"] = peak_memory()["peak_rss_gb"]
     clips_per_step = recipe.train.per_device_train_batch_size * recipe.train.gradient_accumulation_steps * \
         training_args.world_size
     steady = timer.times[1:] or timer.times
@@ -156,6 +159,7 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     start = time.perf_counter()
     trainer.predict(eval_set)
     eval_s = time.perf_counter() - start
+    phases["after_eval_gb"] = peak_memory()["peak_rss_gb"]
     trainable, total = count_parameters(model)
     flops = step_flops(trainer, model, recipe.train_precision)
     peak = matmul_peak_gflops(torch.bfloat16 if recipe.train.bf16 else torch.float16 if recipe.train.fp16
@@ -185,7 +189,7 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
         },
         "eval": {"clips": len(eval_set), "seconds": eval_s, "clips_per_s": len(eval_set) / eval_s,
                  "batch_size": recipe.eval.batch_size, "num_beams": recipe.eval.num_beams},
-        "memory": peak_memory(),
+        "memory": {**peak_memory(), "peak_rss_by_phase": phases},
         "versions": package_versions(),
     }
 
@@ -227,10 +231,15 @@ def compare(args: argparse.Namespace, workdir: str) -> dict:
     }
 
 
+def training_rss_gb(result: dict) -> float:
+    """Peak RSS by the end of training (evaluation and the FLOP count come later and may peak higher)."""
+    return result["memory"].get("peak_rss_by_phase", {}).get("after_train_gb", result["memory"]["peak_rss_gb"])
+
+
 def comparison_table(result: dict) -> str:
     """Markdown: one row per variant, speed-up against the first (fp32 full, unless --variants says otherwise)."""
-    lines = ["| variant | path | s/sample | samples/s | audio s/s | GFLOP/s | share of matmul peak | peak RSS GB "
-             "| eval clips/s | speed-up |", "|" + "---|" * 10]
+    lines = ["| variant | path | s/sample | samples/s | audio s/s | GFLOP/s | share of matmul peak | peak RSS "
+             "training GB | eval clips/s | speed-up |", "|" + "---|" * 10]
     ok = [r for r in result["variants"] if "train" in r]
     first = ok[0]["train"]["s_per_sample"] if ok else None
     for r in result["variants"]:
@@ -240,7 +249,8 @@ def comparison_table(result: dict) -> str:
         t = r["train"]
         lines.append(f"| {r['variant']} | {r['path']} | {t['s_per_sample']:.3f} | {t['samples_per_s']:.2f} | "
                      f"{t['audio_seconds_per_s']:.1f} | {t['achieved_gflops']:.0f} | {100 * t['share_of_peak']:.0f} % | "
-                     f"{r['memory']['peak_rss_gb']:.2f} | {r['eval']['clips_per_s']:.2f} | "
+                     f"{training_rss_gb(r):.2f} | "
+                     f"{r['eval']['clips_per_s']:.2f} | "
                      f"{first / t['s_per_sample']:.2f}x |")
     peaks = result["matmul_peak_gflops"]
     return "\n".join(lines) + (f"\n\n{result['machine']}, {result['cpu_count']} CPUs, {result['device']}; matmul "
@@ -248,9 +258,54 @@ def comparison_table(result: dict) -> str:
                                f"GFLOP/s; {result['steps']} steps per variant (first = warm-up).\n")
 
 
+def benchmark_runtimes(args: argparse.Namespace, workdir: str) -> dict:
+    """The same audio through transformers' pipeline, scripts/transcribe.py's decoding and faster-whisper on
+    CTranslate2 exports (int8, float32) made on the spot: seconds and x real time each (greedy, no fallback)."""
+    from faster_whisper import WhisperModel
+    from transformers import pipeline
+
+    from finetune.export import convert, model_language
+    from finetune.transcription import DecodeOptions, load_audio, load_for_inference, transcribe_batch
+
+    model_dir = Path(args.runtimes)
+    language = model_language(model_dir) or "en"
+    waveforms = [load_audio(path) for path in args.audio]
+    audio_s = sum(len(w) for w in waveforms) / 16_000
+    model, processor = load_for_inference(str(model_dir))
+    results = {}
+
+    def timed(name: str, transcribe_all) -> None:
+        start = time.perf_counter()
+        transcribe_all()
+        seconds = time.perf_counter() - start
+        results[name] = {"seconds": seconds, "x_real_time": audio_s / seconds}
+        print(f"benchmark: {name}: {seconds:.1f} s for {audio_s:.1f} s of audio", file=sys.stderr, flush=True)
+
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                   feature_extractor=processor.feature_extractor, chunk_length_s=30, batch_size=8)
+    timed("transformers pipeline (chunk_length_s=30, batch_size=8)", lambda: [
+        asr({"raw": w, "sampling_rate": 16_000}, return_timestamps=True,
+            generate_kwargs={"language": language, "task": "transcribe"}) for w in waveforms])
+    options = DecodeOptions(language=language, temperatures=(0.0,), compression_ratio_threshold=None,
+                            logprob_threshold=None, no_speech_threshold=None)
+    timed("finetune transcribe (long-form generate, batch 8)", lambda: [
+        transcribe_batch(model, processor, waveforms[i:i + 8], options) for i in range(0, len(waveforms), 8)])
+    for quantization in ("int8", "float32"):
+        convert(model_dir, Path(workdir) / quantization, quantization)
+        runtime = WhisperModel(str(Path(workdir) / quantization), device="cpu", compute_type=quantization,
+                               cpu_threads=torch.get_num_threads())
+        timed(f"faster-whisper {quantization}", lambda: [
+            list(runtime.transcribe(w, language=language, beam_size=1, temperature=0.0,
+                                    condition_on_previous_text=False)[0]) for w in waveforms])
+    return {"model": str(model_dir), "audio": args.audio, "audio_seconds": audio_s, "language": language,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
+            "runtimes": results, "versions": package_versions()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark a recipe's training and evaluation speed.")
-    parser.add_argument("recipe")
+    parser.add_argument("recipe", nargs="?", help="recipe YAML (not with --runtimes)")
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for finetune/run.py")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps to time (the first is warm-up)")
     parser.add_argument("--eval-clips", type=int, default=16, help="eval clips to transcribe")
@@ -261,8 +316,22 @@ def main() -> int:
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     parser.add_argument("--train-rows", type=int, default=None,
                         help="use only the first N rows of each train source (bounds data and encoder-cache time)")
+    parser.add_argument("--runtimes", metavar="MODEL_DIR", default=None,
+                        help="instead of training: time transcription of --audio by transformers' pipeline, "
+                             "scripts/transcribe.py and faster-whisper (CTranslate2 int8/float32) for a checkpoint")
+    parser.add_argument("--audio", nargs="+", default=[], help="audio files for --runtimes")
     args = parser.parse_intermixed_args()
     setup_logging()
+    if args.runtimes:
+        if not args.audio:
+            parser.error("--runtimes needs --audio FILE ...")
+        with tempfile.TemporaryDirectory(prefix="finetune-bench-") as workdir:
+            result = benchmark_runtimes(args, workdir)
+        write_json(args.output, result)
+        print(json.dumps(result["runtimes"], indent=2))
+        return 0
+    if args.recipe is None:
+        parser.error("a recipe is needed (or --runtimes MODEL_DIR --audio FILE ...)")
     if args.train_rows and not args.compare:
         args.overrides += [f"data.train.{i}.max_samples={args.train_rows}"
                            for i in range(len(load_recipe(args.recipe, args.overrides).data.train))]

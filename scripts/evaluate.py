@@ -96,7 +96,8 @@ def main() -> int:
     language = recipe.model.language
     with precision_context(next(tuned.parameters()).device.type, recipe.eval_precision):  # eval.precision
         sets = score_sets(models, processor, test, recipe.data.test_sets, recipe.eval, language)
-    report, predictions = build_report(sets, recipe.eval, language, normalizer_for(language, processor.tokenizer)[0],
+    normalizer = normalizer_for(language, processor.tokenizer)[0]
+    report, predictions = build_report(sets, recipe.eval_settings(), language, normalizer,
                                        {"fine_tuned_model": tuned_name}, training_history(recipe.output_dir), None,
                                        counts)
     write_reports(args.output or recipe.output_dir, report, predictions)

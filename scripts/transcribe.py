@@ -23,10 +23,9 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from finetune.data import SAMPLE_RATE  # noqa: E402
 from finetune.recipe import RecipeError, language_code  # noqa: E402
 from finetune.transcription import (AudioError, DecodeOptions, batches_by_length, load_audio,  # noqa: E402
-                                    load_for_inference, temperature_ladder, transcribe_batch)
+                                    load_for_inference, probe_duration, temperature_ladder, transcribe_batch)
 from finetune.writers import FORMATS, write_result  # noqa: E402
 
 
@@ -68,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--condition_on_previous_text", action="store_true",
                    help="prompt each window with the previous one's text (openai-whisper's default; off here because "
                         "fine-tuned adapters were trained without such prompts and loop more with them)")
-    p.add_argument("--batch_size", type=int, default=8, help="files decoded together, window by window")
+    p.add_argument("--batch_size", type=int, default=8,
+                   help="files decoded together, window by window (their audio is held in memory meanwhile)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--verbose", action="store_true", help="print each file's segments")
     args = p.parse_args(argv)
@@ -87,45 +87,54 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         no_speech_threshold=args.no_speech_threshold, condition_on_previous_text=args.condition_on_previous_text)
 
 
-def read_inputs(paths: list[str]) -> tuple[dict[str, object], list[str]]:
-    """Decoded waveforms by path, and one message per file that could not be read."""
-    waveforms, errors = {}, []
+def probe_inputs(paths: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Audio seconds by readable path (from metadata: nothing decoded yet), one message per unreadable file."""
+    durations, errors = {}, []
+    for path in paths:
+        try:
+            durations[path] = probe_duration(path)
+        except AudioError as err:
+            errors.append(str(err))
+    return durations, errors
+
+
+def decode_batch(paths: list[str], errors: list[str]) -> dict[str, object]:
+    """Waveforms of one batch (decoded now: memory holds one batch of audio, never all of it)."""
+    waveforms = {}
     for path in paths:
         try:
             waveforms[path] = load_audio(path)
         except AudioError as err:
             errors.append(str(err))
-    return waveforms, errors
+            tqdm.write(f"error: {err}", file=sys.stderr)
+    return waveforms
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # 1. Decode every input first: unreadable files are reported before any model time is spent.
-    waveforms, errors = read_inputs(args.inputs)
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    if not waveforms:
-        return 1
-    # 2. Model (+ adapter) on CUDA when there is one.
-    try:
-        model, processor = load_for_inference(args.model, args.adapter, args.device, args.revision)
-    except (RecipeError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    # 3. Decode longest files first, a batch of files at a time, with a progress bar over audio seconds.
-    paths = list(waveforms)
-    durations = [len(waveforms[p]) / SAMPLE_RATE for p in paths]
+def transcribe_all(model, processor, durations_by_path: dict[str, float], args: argparse.Namespace,
+                   errors: list[str]) -> None:
+    """Every file, `--batch_size` at a time, longest first, with a progress bar over audio seconds; outputs
+    written per file; failures appended to `errors`."""
+    paths = list(durations_by_path)
+    durations = list(durations_by_path.values())
     options = decode_options(args)
-    start = time.perf_counter()
     with tqdm(total=round(sum(durations), 1), unit="audio s", desc=f"{len(paths)} file(s)", file=sys.stderr) as bar:
         for batch in batches_by_length(durations, args.batch_size):
-            done_before = bar.n
+            done_before, batch_s = bar.n, sum(durations[i] for i in batch)
+            waveforms = decode_batch([paths[i] for i in batch], errors)
+            batch = [i for i in batch if paths[i] in waveforms]
 
             def progress(seconds: float, base: float = done_before) -> None:
                 bar.update(round(base + seconds, 1) - bar.n)
-            results = transcribe_batch(model, processor, [waveforms[paths[i]] for i in batch], options, progress)
-            bar.update(round(done_before + sum(durations[i] for i in batch), 1) - bar.n)
-            # 4. Write <stem>.<ext> per file as soon as its batch is done.
+            try:
+                results = transcribe_batch(model, processor, [waveforms[paths[i]] for i in batch], options,
+                                           progress) if batch else []
+            except (RuntimeError, ValueError) as err:  # e.g. out of memory: report these files, go on with the rest
+                results = []
+                for i in batch:
+                    errors.append(f"{paths[i]}: transcription failed ({type(err).__name__}: {err}); "
+                                  "try a smaller --batch_size")
+                    bar.write(f"error: {errors[-1]}")
+            bar.update(round(done_before + batch_s, 1) - bar.n)
             for i, result in zip(batch, results):
                 written = write_result(result, paths[i], args.output_dir, args.output_format)
                 bar.write(f"{paths[i]} [{result['language']}, {durations[i]:.1f} s, {len(result['segments'])} "
@@ -133,9 +142,28 @@ def main(argv: list[str] | None = None) -> int:
                 if args.verbose:
                     for s in result["segments"]:
                         bar.write(f"[{s['start']:8.2f} --> {s['end']:8.2f}] {s['text'].strip()}")
-    elapsed = time.perf_counter() - start
-    print(f"{len(paths)} file(s), {sum(durations):.1f} s of audio in {elapsed:.1f} s "
-          f"({sum(durations) / max(elapsed, 1e-9):.1f}x real time); {len(errors)} failed", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # 1. Open every input first: unreadable files are reported before any model time is spent.
+    durations, errors = probe_inputs(args.inputs)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if not durations:
+        return 1
+    # 2. Model (+ adapter) on CUDA when there is one.
+    try:
+        model, processor = load_for_inference(args.model, args.adapter, args.device, args.revision)
+    except (RecipeError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # 3. Decode longest files first, a batch of files at a time; write each file's outputs when its batch is done.
+    start = time.perf_counter()
+    transcribe_all(model, processor, durations, args, errors)
+    elapsed, audio_s = time.perf_counter() - start, sum(durations.values())
+    print(f"{len(args.inputs)} file(s), {audio_s:.1f} s of audio in {elapsed:.1f} s "
+          f"({audio_s / max(elapsed, 1e-9):.1f}x real time); {len(errors)} failed", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -120,8 +120,9 @@ def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Pa
     run_cli(tiny_recipe(tiny_model_dir, even_corpus, one, train={**steps, "per_device_train_batch_size": 4}),
             tmp_path, "output.merge=false")
     two = tmp_path / "two"
+    # The two ranks also checkpoint activations (non-reentrant, with LoRA under DDP: PITFALLS #4, #5).
     done = run_cli(tiny_recipe(tiny_model_dir, even_corpus, two, train={**steps, "per_device_train_batch_size": 2}),
-                   tmp_path, "output.merge=false", launcher=TWO_RANKS)
+                   tmp_path, "output.merge=false", "train.gradient_checkpointing=true", launcher=TWO_RANKS)
     environment = json.loads((two / "environment.json").read_text())
     assert environment["world_size"] == 2, "accelerate launch started one process, not two"
     assert "world size 2" in done.stderr

@@ -111,3 +111,13 @@ def test_evaluate_script_scores_a_run(tmp_path: Path, tiny_model_dir: Path, corp
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--sets", "nope"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "no test set named ['nope']" in bad.stderr
+
+
+def test_guard_sets_without_a_baseline_are_reported_unchecked() -> None:
+    from finetune.report import regression_lines
+
+    sets = {"English": {"guard": True, "fine_tuned": {"wer": 11.0}}, "es": {"guard": False, "fine_tuned": {}}}
+    assert regression_lines({"regressions": [], "sets": sets}) == [
+        "Guard sets NOT checked, no zero-shot baseline was scored: English."]
+    sets["English"]["zero_shot"] = {"wer": 10.5}
+    assert regression_lines({"regressions": [], "sets": sets}) == ["No guard set regressed (guards: English)."]

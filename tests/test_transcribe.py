@@ -20,8 +20,8 @@ from conftest import ROOT, needs_shared
 from tiny import ES_SYNTH, WHISPER_BASE, tiny_processor, tone
 from finetune.export import ExportError, check_source, convert
 from finetune.metrics import normalizer_for, score
-from finetune.transcription import (AudioError, batches_by_length, load_audio, temperature_ladder,
-                                    to_result)
+from finetune.transcription import (AudioError, batches_by_length, load_audio, probe_duration,
+                                    temperature_ladder, to_result)
 from finetune.writers import WRITERS, format_timestamp, write_result
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (scripts/setup.sh)")
@@ -103,6 +103,7 @@ def test_load_audio_reads_video_and_reports_bad_files(tmp_path: Path) -> None:
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(tmp_path / "tone.wav"), *video, *extra,
                         str(tmp_path / name)], check=True)
         assert abs(len(load_audio(tmp_path / name)) / 16_000 - 3.0) < 0.1, name
+        assert abs(probe_duration(tmp_path / name) - 3.0) < 0.1, name  # from metadata, nothing decoded
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:d=1",
                     str(tmp_path / "silent.mp4")], check=True)
     (tmp_path / "notes.mp3").write_text("not audio")
@@ -110,9 +111,10 @@ def test_load_audio_reads_video_and_reports_bad_files(tmp_path: Path) -> None:
     expected = {"missing.wav": "no such file", "silent.mp4": "has no audio stream", "empty.wav": "empty file",
                 "notes.mp3": "not an audio or video file that ffmpeg can read", ".": "not a file"}
     for name, message in expected.items():
-        with pytest.raises(AudioError, match=re.escape(message)) as info:
-            load_audio(tmp_path / name)
-        assert str(tmp_path / name) in str(info.value)
+        for read in (load_audio, probe_duration):
+            with pytest.raises(AudioError, match=re.escape(message)) as info:
+                read(tmp_path / name)
+            assert str(tmp_path / name) in str(info.value)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -209,3 +211,25 @@ def test_ctranslate2_export_transcribes_like_transformers(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     check = json.loads((tmp_path / "ct2" / "export.json").read_text())["check"]
     assert all(check["faster_whisper"]) and check["wer_between"] <= 15.0, check
+
+
+def test_adapter_is_merged_for_inference(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from finetune.model import add_lora, load_model
+    from finetune.recipe import LoraConfig, ModelConfig
+    from finetune.transcription import load_for_inference
+
+    peft_model = add_lora(load_model(ModelConfig(name=str(tiny_model_dir))), LoraConfig(rank=4), seed=0)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)  # a trained-looking adapter (fresh ones start at zero)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    features = torch.randn(1, 80, 3000)
+    with torch.no_grad():
+        expected = peft_model.eval()(input_features=features, decoder_input_ids=torch.tensor([[1, 2]])).logits
+    model, _ = load_for_inference(str(tiny_model_dir), str(tmp_path / "adapter"), device="cpu")
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        merged = model(input_features=features, decoder_input_ids=torch.tensor([[1, 2]])).logits
+    assert torch.allclose(merged, expected, atol=1e-5)
+    with pytest.raises(AudioError, match="no adapter_config.json"):
+        load_for_inference(str(tiny_model_dir), str(tmp_path), device="cpu")
