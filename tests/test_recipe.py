@@ -60,7 +60,7 @@ def test_unknown_key_without_close_match_lists_valid_keys() -> None:
     raw = with_()
     raw["eval"] = {"zzz": 1}
     assert problems(raw) == ["eval.zzz: unknown key; valid keys: baseline, batch_size, guard_threshold, "
-                             "max_new_tokens, metric_for_best, num_beams, temperature, worst_utterances"]
+                             "max_new_tokens, metric_for_best, num_beams, precision, temperature, worst_utterances"]
 
 
 def test_wrong_type_names_key_and_value() -> None:
