@@ -4,7 +4,7 @@ epoch and for evaluation.
 When only decoder adapters train (lora.encoder: false) and nothing changes the encoder input between steps (no
 SpecAugment, no waveform augmentation), the encoder output of a clip is the same at every step: a training step then
 runs the decoder alone. The cache is keyed by the dataset (its fingerprint covers the audio, labels and features),
-the encoder weights, the attention implementation and the precision, so any change recomputes it.
+the encoder weights, the attention implementation, the precision and the device type, so any change recomputes it.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from finetune.recipe import Recipe
 AUDIO_COLUMNS = ("input_features", "waveform")  # what the encoder output replaces
 
 
-def encoder_fingerprint(encoder: torch.nn.Module, dataset: Dataset, attn: str, precision: str) -> str:
+def encoder_fingerprint(encoder: torch.nn.Module, dataset: Dataset, attn: str, precision: str,
+                        device: torch.device) -> str:
     """Same dataset + same encoder weights + same numerics -> same cache files (other ranks and re-runs reuse)."""
-    digest = hashlib.sha256(f"{dataset._fingerprint}|{attn}|{precision}".encode())
+    digest = hashlib.sha256(f"{dataset._fingerprint}|{attn}|{precision}|{device.type}".encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -59,7 +60,7 @@ def add_encoder_outputs(dataset: Dataset, model: torch.nn.Module, collate: Speec
         return dataset.map(
             encode, batched=True, batch_size=batch_size, writer_batch_size=batch_size, features=features,
             remove_columns=[c for c in AUDIO_COLUMNS if c in dataset.column_names],
-            new_fingerprint=encoder_fingerprint(encoder, dataset, config._attn_implementation, precision),
+            new_fingerprint=encoder_fingerprint(encoder, dataset, config._attn_implementation, precision, device),
             desc="Encoder outputs (computed once, cached)",
         )
     finally:
