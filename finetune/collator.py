@@ -17,7 +17,8 @@ ENCODER_COLUMN = "encoder_hidden_states"  # cached encoder outputs (finetune/enc
 
 @dataclass
 class SpeechCollator:
-    """Rows with `input_features`, `waveform` or cached encoder outputs, and `labels` (prefix + text + <|endoftext|>) -> model inputs.
+    """Rows with `input_features`, `waveform` or cached encoder outputs, and `labels` (prefix + text +
+    <|endoftext|>) -> model inputs.
 
     The decoder start token (<|startoftranscript|>) is stripped from the labels only when every row starts with it:
     the model prepends it again when it shifts the labels right. Padding is masked from the attention mask, not by

@@ -248,7 +248,8 @@ def comparison_table(result: dict) -> str:
             continue
         t = r["train"]
         lines.append(f"| {r['variant']} | {r['path']} | {t['s_per_sample']:.3f} | {t['samples_per_s']:.2f} | "
-                     f"{t['audio_seconds_per_s']:.1f} | {t['achieved_gflops']:.0f} | {100 * t['share_of_peak']:.0f} % | "
+                     f"{t['audio_seconds_per_s']:.1f} | {t['achieved_gflops']:.0f} | "
+                     f"{100 * t['share_of_peak']:.0f} % | "
                      f"{training_rss_gb(r):.2f} | "
                      f"{r['eval']['clips_per_s']:.2f} | "
                      f"{first / t['s_per_sample']:.2f}x |")

@@ -45,7 +45,8 @@ SEGMENTS = [
     {"id": 0, "seek": 0, "start": 0.0, "end": 2.5, "text": " Hola, ¿qué tal?", "tokens": [1, 2]},
     {"id": 1, "seek": 250, "start": 2.5, "end": 7.0004, "text": " una flecha --> y un\ttabulador", "tokens": [3]},
     {"id": 2, "seek": 700, "start": 59.9996, "end": 61.25, "text": "sin espacio inicial ", "tokens": [4]},
-    {"id": 3, "seek": 0, "start": 3599.9995, "end": 3723.456, "text": " más de una hora: 'ñandú' \"x\"", "tokens": []},
+    {"id": 3, "seek": 0, "start": 3599.9995, "end": 3723.456, "text": " más de una hora: 'ñandú' \"x\"",
+     "tokens": []},
 ]
 RESULT = {"text": "".join(s["text"] for s in SEGMENTS), "segments": SEGMENTS, "language": "es"}
 
