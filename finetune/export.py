@@ -61,8 +61,7 @@ def faster_whisper_texts(output: Path, audio: list[Path], language: str | None, 
 def transformers_texts(model_dir: Path, audio: list[Path], language: str | None,
                        device: str) -> tuple[list[str], float]:
     model, processor = load_for_inference(str(model_dir), device=device)
-    options = DecodeOptions(language=language, temperatures=(0.0,), compression_ratio_threshold=None,
-                            logprob_threshold=None, no_speech_threshold=None)
+    options = DecodeOptions.greedy(language)
     start = time.perf_counter()
     texts = [transcribe_batch(model, processor, [load_audio(path)], options)[0]["text"].strip() for path in audio]
     return texts, time.perf_counter() - start

@@ -18,6 +18,7 @@ from finetune.hub import hub_problem, is_local
 from finetune.recipe import AugmentConfig, EvalConfig, LoraConfig, ModelConfig, RecipeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # train/eval precision
 
 
 def _local_error(cfg: ModelConfig, err: Exception) -> RecipeError:
@@ -78,7 +79,7 @@ def precision_context(device_type: str, precision: str) -> ContextManager:
     Weights stay in their dtype; matmuls run in the low precision (on CPUs with AVX-512 BF16/AMX, ~2x fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device_type, dtype=PRECISION_DTYPES[precision])
 
 
 def set_language(model: WhisperForConditionalGeneration, language: str, task: str) -> None:

@@ -41,6 +41,12 @@ class DecodeOptions:
     condition_on_previous_text: bool = False
     max_new_tokens: int | None = 224  # per 30 s window: openai-whisper's limit (half the text context)
 
+    @classmethod
+    def greedy(cls, language: str | None) -> DecodeOptions:
+        """Temperature 0, no fallback, no thresholds: the decoding runtimes are compared with."""
+        return cls(language=language, temperatures=(0.0,), compression_ratio_threshold=None,
+                   logprob_threshold=None, no_speech_threshold=None)
+
 
 def _open(path: str | Path):
     """torchcodec's decoder of the file's best audio stream (16 kHz mono), or an AudioError saying why not."""
@@ -82,23 +88,22 @@ def load_audio(path: str | Path) -> np.ndarray:
     return waveform
 
 
-def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """CUDA when present (bf16 where supported, else fp16), else CPU in fp32."""
+def pick_device(device: str = "auto") -> tuple[torch.device, str]:
+    """CUDA when present (bf16 where supported, else fp16), else CPU in fp32; the dtype as model.dtype names it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
-        return torch.device(device), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.device(device), torch.float32
+        return torch.device(device), "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return torch.device(device), "float32"
 
 
 def load_for_inference(model_name: str, adapter: str | None = None, device: str = "auto",
                        revision: str | None = None) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
     """A checkpoint (local or Hub), with a peft adapter merged in when given, on the best device."""
-    from finetune.model import DTYPES, load_model, load_processor
+    from finetune.model import load_model, load_processor
 
     where, dtype = pick_device(device)
-    dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
-    cfg = ModelConfig(name=model_name, revision=revision, dtype=dtype_name)
+    cfg = ModelConfig(name=model_name, revision=revision, dtype=dtype)
     processor = load_processor(cfg)
     model = load_model(cfg)
     if adapter is not None:

@@ -39,10 +39,10 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from finetune.data import load_data  # noqa: E402
+from finetune.data import SAMPLE_RATE, load_data  # noqa: E402
 from finetune.encoder_cache import cache_encoder_outputs  # noqa: E402
-from finetune.model import (add_lora, count_parameters, load_model, load_processor, precision_context,  # noqa: E402
-                            set_decoding)
+from finetune.model import (PRECISION_DTYPES, add_lora, count_parameters, load_model, load_processor,  # noqa: E402
+                            precision_context, set_decoding)
 from finetune.outputs import is_main_process, package_versions, setup_logging, write_json, write_text  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
 from finetune.train import build_trainer, training_arguments  # noqa: E402
@@ -162,8 +162,7 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
     phases["after_eval_gb"] = peak_memory()["peak_rss_gb"]
     trainable, total = count_parameters(model)
     flops = step_flops(trainer, model, recipe.train_precision)
-    peak = matmul_peak_gflops(torch.bfloat16 if recipe.train.bf16 else torch.float16 if recipe.train.fp16
-                              else torch.float32, training_args.device)
+    peak = matmul_peak_gflops(PRECISION_DTYPES[recipe.train_precision], training_args.device)
     per_process_batch = recipe.train.per_device_train_batch_size
     achieved = flops / per_process_batch * clips_per_step / step_s / 1e9 / training_args.world_size
     return {
@@ -202,15 +201,21 @@ VARIANTS = {f"{precision}-{path}{'-ckpt' if ckpt else ''}":
             for path, precision, ckpt in itertools.product(PATHS, PRECISIONS, (False, True))}
 
 
+def train_rows_overrides(args: argparse.Namespace) -> list[str]:
+    """--train-rows N as `data.train.<i>.max_samples=N` for every train source of the recipe."""
+    if not args.train_rows:
+        return []
+    sources = load_recipe(args.recipe, args.overrides).data.train
+    return [f"data.train.{i}.max_samples={args.train_rows}" for i in range(len(sources))]
+
+
 def compare(args: argparse.Namespace, workdir: str) -> dict:
     """Every selected variant in its own process; one JSON with all of them."""
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise RecipeError("benchmark", [f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}"])
-    recipe = load_recipe(args.recipe, args.overrides)
-    rows = [f"data.train.{i}.max_samples={args.train_rows}" for i in range(len(recipe.data.train))] \
-        if args.train_rows else []
+    rows = train_rows_overrides(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     for name in names:
@@ -271,7 +276,7 @@ def benchmark_runtimes(args: argparse.Namespace, workdir: str) -> dict:
     model_dir = Path(args.runtimes)
     language = model_language(model_dir) or "en"
     waveforms = [load_audio(path) for path in args.audio]
-    audio_s = sum(len(w) for w in waveforms) / 16_000
+    audio_s = sum(len(w) for w in waveforms) / SAMPLE_RATE
     model, processor = load_for_inference(str(model_dir))
     results = {}
 
@@ -285,10 +290,9 @@ def benchmark_runtimes(args: argparse.Namespace, workdir: str) -> dict:
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
                    feature_extractor=processor.feature_extractor, chunk_length_s=30, batch_size=8)
     timed("transformers pipeline (chunk_length_s=30, batch_size=8)", lambda: [
-        asr({"raw": w, "sampling_rate": 16_000}, return_timestamps=True,
+        asr({"raw": w, "sampling_rate": SAMPLE_RATE}, return_timestamps=True,
             generate_kwargs={"language": language, "task": "transcribe"}) for w in waveforms])
-    options = DecodeOptions(language=language, temperatures=(0.0,), compression_ratio_threshold=None,
-                            logprob_threshold=None, no_speech_threshold=None)
+    options = DecodeOptions.greedy(language)
     timed("finetune transcribe (long-form generate, batch 8)", lambda: [
         transcribe_batch(model, processor, waveforms[i:i + 8], options) for i in range(0, len(waveforms), 8)])
     for quantization in ("int8", "float32"):
@@ -333,10 +337,9 @@ def main() -> int:
         return 0
     if args.recipe is None:
         parser.error("a recipe is needed (or --runtimes MODEL_DIR --audio FILE ...)")
-    if args.train_rows and not args.compare:
-        args.overrides += [f"data.train.{i}.max_samples={args.train_rows}"
-                           for i in range(len(load_recipe(args.recipe, args.overrides).data.train))]
     try:
+        if not args.compare:  # --compare hands them to each variant's process
+            args.overrides += train_rows_overrides(args)
         with tempfile.TemporaryDirectory(prefix="finetune-bench-") as workdir:
             run = compare if args.compare else benchmark_preparation if args.prepare_only else benchmark
             result = run(args, workdir)
