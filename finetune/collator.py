@@ -33,14 +33,18 @@ class SpeechCollator:
         labels = padded["input_ids"].masked_fill(padded["attention_mask"].ne(1), IGNORE_INDEX)
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]
-        if ENCODER_COLUMN in rows[0]:  # frozen-encoder fast path: the decoder reads the cached encoder output
-            hidden = torch.from_numpy(np.stack([np.asarray(row[ENCODER_COLUMN], dtype=np.float32) for row in rows]))
-            batch = {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "labels": labels}
-        else:
-            batch = {"input_features": self.features(rows), "labels": labels}
+        batch = {**self.audio_inputs(rows), "labels": labels}
         if all("language" in row for row in rows):  # each clip's language, for generation (see WhisperTrainer)
             batch["language"] = [row["language"] for row in rows]
         return batch
+
+    def audio_inputs(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """`input_features`, or `encoder_outputs` for rows with cached encoder outputs (the frozen-encoder fast
+        path: the decoder reads them and the encoder does not run)."""
+        if ENCODER_COLUMN in rows[0]:
+            hidden = torch.from_numpy(np.stack([np.asarray(row[ENCODER_COLUMN], dtype=np.float32) for row in rows]))
+            return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden)}
+        return {"input_features": self.features(rows)}
 
     def features(self, rows: list[dict[str, Any]]) -> torch.Tensor:
         """Log-mel features: cached ones as they are, otherwise computed from the 16 kHz waveforms."""

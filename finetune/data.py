@@ -58,7 +58,8 @@ class PreparedData:
 def load_source(src: Source) -> Dataset | IterableDataset:
     """The raw dataset of one source, with its audio column left undecoded (we decode it ourselves)."""
     ds = _load_hub(src) if src.hub else _load_manifest(src) if src.manifest else _load_audiofolder(src)
-    wanted = [src.audio_column, src.text_column] + ([src.language_column] if src.language_column else [])
+    wanted = [src.audio_column] + ([] if src.pseudo_label else [src.text_column]) + \
+        ([src.language_column] if src.language_column else [])
     missing = [c for c in wanted if c not in (ds.column_names or [])]
     if missing:
         raise RecipeError("data", [
@@ -191,10 +192,12 @@ def row_schema(feature_extractor: Any, store_features: bool) -> Features:
 
 
 def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *, index: int, processor: Any,
-                cfg: DataConfig, default_language: str, store_features: bool) -> dict[str, Any]:
+                cfg: DataConfig, default_language: str, store_features: bool,
+                unlabeled: bool = False) -> dict[str, Any]:
     """Decode, measure and tokenize one row; set `drop` to the reason it cannot train, or KEEP.
 
-    Kept rows carry their log-mel `input_features` (store_features) or their 16 kHz `waveform`.
+    Kept rows carry their log-mel `input_features` (store_features) or their 16 kHz `waveform`. `unlabeled` rows
+    (pseudo-labelled replay) have no transcript yet: text and labels are filled in later (finetune/replay.py).
     """
     extractor = processor.feature_extractor
     language = str(language).strip().lower() if language else default_language
@@ -204,7 +207,7 @@ def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *
     # Typed placeholders, so kept and dropped rows share one Arrow type.
     row.update({"input_features": np.zeros((extractor.feature_size, extractor.nb_max_frames), np.float32)}
                if store_features else {"waveform": np.zeros(0, np.float32)})
-    if not text:
+    if not text and not unlabeled:
         row["drop"] = "empty transcript"
         return row
     if language not in whisper_languages():
@@ -219,7 +222,7 @@ def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *
         row["drop"] = "unreadable audio"
         return row
     row["duration"] = len(waveform) / SAMPLE_RATE
-    row["labels"] = label_ids(processor.tokenizer, text, language)
+    row["labels"] = [] if unlabeled else label_ids(processor.tokenizer, text, language)
     if row["duration"] <= 0.0:
         row["drop"] = "no audio (0 s)"
     elif row["duration"] > cfg.max_duration_s:
@@ -235,11 +238,12 @@ def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *
     return row
 
 
-def _fingerprint(ds: Dataset, processor: Any, cfg: DataConfig, language: str, store_features: bool) -> str:
+def _fingerprint(ds: Dataset, processor: Any, cfg: DataConfig, language: str, store_features: bool,
+                 unlabeled: bool) -> str:
     """Deterministic cache key, so re-runs and the other ranks reuse the main process's work."""
     key = [ds._fingerprint, processor.tokenizer.name_or_path, processor.tokenizer.prefix_tokens, language,
            processor.feature_extractor.to_dict(), cfg.max_duration_s, cfg.max_label_tokens, cfg.normalize.model_dump(),
-           cfg.drop_silence, cfg.silence_threshold_db, store_features, PREP_VERSION]
+           cfg.drop_silence, cfg.silence_threshold_db, store_features, unlabeled, PREP_VERSION]
     return hashlib.sha256(json.dumps(key, default=str, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -247,10 +251,11 @@ def prepare_source(src: Source, split: str, processor: Any, cfg: DataConfig,
                    store_features: bool) -> tuple[Dataset | IterableDataset, SourceCount]:
     raw = load_source(src)
     language = src.language or processor.tokenizer.language or "en"
-    columns = (src.audio_column, src.text_column, src.language_column)
+    columns = (src.audio_column, None if src.pseudo_label else src.text_column, src.language_column)
     options = dict(
         with_indices=True,
-        fn_kwargs={"processor": processor, "cfg": cfg, "default_language": language, "store_features": store_features},
+        fn_kwargs={"processor": processor, "cfg": cfg, "default_language": language, "store_features": store_features,
+                   "unlabeled": src.pseudo_label},
         remove_columns=raw.column_names,
         features=row_schema(processor.feature_extractor, store_features),
     )
@@ -262,7 +267,7 @@ def prepare_source(src: Source, split: str, processor: Any, cfg: DataConfig,
         return kept, SourceCount(split=split, source=src.label, streamed=True)
     prepared = raw.map(
         prepare, **options, num_proc=cfg.num_proc, new_fingerprint=_fingerprint(raw, processor, cfg, language,
-                                                                                 store_features),
+                                                                                 store_features, src.pseudo_label),
         writer_batch_size=FEATURE_WRITER_BATCH if store_features else 1000, desc=f"Preparing {split} {src.label}",
     )
     reasons = prepared["drop"]
@@ -270,7 +275,8 @@ def prepare_source(src: Source, split: str, processor: Any, cfg: DataConfig,
     dropped_rows = [{"split": split, "source": src.label, "row": i, "audio": r["ref"], "text": r["text"][:200],
                      "reason": r["drop"]} for i, r in zip(dropped_at, prepared.select(dropped_at)
                                                            .select_columns(["ref", "text", "drop"]))]
-    kept = prepared.filter(lambda reason: reason == KEEP, input_columns="drop").remove_columns(["drop", "ref"])
+    # `ref` (the audio path) stays: reports embed the worst utterances' audio.
+    kept = prepared.filter(lambda reason: reason == KEEP, input_columns="drop").remove_columns(["drop"])
     if store_features:
         kept = kept.with_format("numpy", columns=["input_features"], output_all_columns=True)
     count = SourceCount(split=split, source=src.label, rows=len(prepared), kept=len(kept),
@@ -301,19 +307,23 @@ def prepare_split(sources: list[Source], split: str, processor: Any, cfg: DataCo
 
 
 def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = None, seed: int = 42,
-              main_process_first: Callable[[], ContextManager] = contextlib.nullcontext) -> PreparedData:
+              main_process_first: Callable[[], ContextManager] = contextlib.nullcontext,
+              labeler: Callable[[Dataset, SourceCount], Dataset] | None = None) -> PreparedData:
     """Train, eval and test data ready for the collator, plus what was kept and dropped per source.
 
     Train rows keep their waveform (features on the fly) when waveform augmentation is on or features are not
-    cached; eval and test rows store features whenever `cache_features` is on.
+    cached; eval and test rows store features whenever `cache_features` is on. Replay sources are mixed into
+    train (finetune/replay.py); `labeler` transcribes those with `pseudo_label: true`.
     """
     augment = augment or AugmentConfig()
     train_features = cfg.cache_features and not augment.on_waveform
     with main_process_first():
         train, train_counts = prepare_split(cfg.train, "train", processor, cfg, train_features, seed)
+        replay, replay_counts = prepare_replay(cfg, processor, train_features, labeler)
         evaluation, eval_counts = prepare_split(cfg.eval, "eval", processor, cfg, cfg.cache_features, seed)
         test, test_counts = load_test_sets(cfg, processor)
-    counts = train_counts + eval_counts + test_counts
+    train = mix_replay(train, replay, cfg.replay_ratio, seed)
+    counts = train_counts + replay_counts + eval_counts + test_counts
     empty = [c.source for c in counts if c.kept == 0 and not c.streamed]
     if empty:
         raise RecipeError("data", [f"{name}: no usable rows left after filtering" for name in empty]
@@ -322,6 +332,37 @@ def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = N
         perturb = WaveformAugment(augment)
         train = train.map(perturb) if isinstance(train, IterableDataset) else train.with_transform(perturb.batch)
     return PreparedData(train=train, eval=evaluation, test=test, counts=counts)
+
+
+def prepare_replay(cfg: DataConfig, processor: Any, store_features: bool,
+                   labeler: Callable[[Dataset, SourceCount], Dataset] | None) -> tuple[Dataset | None, list[SourceCount]]:
+    """The replay sources, prepared like train rows; `pseudo_label` ones transcribed by `labeler` (cached)."""
+    parts, counts = [], []
+    for src in cfg.replay:
+        kept, count = prepare_source(src, "replay", processor, cfg, store_features)
+        if src.pseudo_label:
+            if labeler is None:
+                raise RecipeError("data", [f"{src.label}: pseudo_label needs the base model to transcribe it; this "
+                                           "entry point has none (use finetune/run.py)"])
+            kept = labeler(kept, count)
+        parts.append(kept)
+        counts.append(count)
+    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else None), counts
+
+
+def mix_replay(train: Dataset | IterableDataset, replay: Dataset | None, ratio: float,
+               seed: int) -> Dataset | IterableDataset:
+    """`train` plus round(ratio x len(train)) replay rows drawn with the seed (repeated when the pool is smaller);
+    the Trainer shuffles the mixture every epoch."""
+    if replay is None or len(replay) == 0:
+        return train
+    wanted = max(1, round(ratio * len(train)))
+    rng = np.random.default_rng(seed)
+    picks = rng.permutation(len(replay))[:wanted] if wanted <= len(replay) else \
+        rng.integers(0, len(replay), size=wanted)
+    mixed = concatenate_datasets([train.with_format(None), replay.with_format(None).select(picks.tolist())])
+    return mixed.with_format("numpy", columns=["input_features"], output_all_columns=True) \
+        if "input_features" in mixed.column_names else mixed
 
 
 def load_test_sets(cfg: DataConfig, processor: Any,

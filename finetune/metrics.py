@@ -155,7 +155,9 @@ def analyse(references: list[str], hypotheses: list[str], durations: list[float]
             buckets.append({"seconds": [low, high], "utterances": len(inside), "wer": 100 * rates["wer"]})
     per_utterance = [
         {"id": i, "ref": ref, "hyp": hyp, "duration": round(d, 3),
-         "wer": 100 * (a["S"] + a["D"] + a["I"]) / max(1, a["C"] + a["S"] + a["D"]) if nr.split() else None}
+         "wer": 100 * (a["S"] + a["D"] + a["I"]) / max(1, a["C"] + a["S"] + a["D"]) if nr.split() else None,
+         # normalized word errors and reference words: what the bootstrap resamples (finetune/significance.py)
+         "errors": a["S"] + a["D"] + a["I"], "words": a["C"] + a["S"] + a["D"] if nr.split() else 0}
         for i, (ref, hyp, d, a, nr) in enumerate(zip(references, hypotheses, durations, aligned, norm_refs))
     ]
     n = len(references)

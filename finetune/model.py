@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -170,29 +170,43 @@ class Transcripts:
     seconds: float  # wall time of generation
 
 
+def _to(inputs: dict[str, Any], parameter: torch.Tensor) -> dict[str, Any]:
+    """Audio inputs on the model's device and in its dtype (features or cached encoder outputs)."""
+    if "encoder_outputs" in inputs:
+        hidden = inputs["encoder_outputs"].last_hidden_state.to(parameter.device, parameter.dtype)
+        return {"encoder_outputs": type(inputs["encoder_outputs"])(last_hidden_state=hidden)}
+    return {"input_features": inputs["input_features"].to(parameter.device, parameter.dtype)}
+
+
 @torch.inference_mode()
-def transcribe_dataset(model: torch.nn.Module, processor: WhisperProcessor, dataset, batch_size: int) -> Transcripts:
-    """Every row of a prepared dataset, batched longest first (similar lengths share a batch, peak memory comes
-    first), each clip in its own language; results in the dataset's order."""
+def generate_rows(model: torch.nn.Module, processor: WhisperProcessor,
+                  rows: list[dict[str, Any]]) -> tuple[list[str], list[bool]]:
+    """Texts of prepared rows (features, waveform or cached encoder outputs), each clip generated in its own
+    language, and whether each one used the whole max_new_tokens budget without ending (a runaway signal)."""
     from finetune.collator import SpeechCollator
 
     parameter = next(model.parameters())
     collate = SpeechCollator(processor, model.config.decoder_start_token_id)
-    eot = processor.tokenizer.eos_token_id
-    budget = model.generation_config.max_new_tokens
+    languages = [row["language"] for row in rows]
+    ids = model.generate(**_to(collate.audio_inputs(rows), parameter),
+                         language=languages[0] if len(set(languages)) == 1 else languages)
+    eot, budget = processor.tokenizer.eos_token_id, model.generation_config.max_new_tokens
+    decoded = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    # generate() returns the new tokens only, padded with <|endoftext|>: a clip that used the whole budget without
+    # ending has `budget` tokens that are not <|endoftext|>.
+    return [t.strip() for t in decoded], [bool(budget) and int((seq != eot).sum()) >= budget for seq in ids]
+
+
+def transcribe_dataset(model: torch.nn.Module, processor: WhisperProcessor, dataset, batch_size: int) -> Transcripts:
+    """Every row of a prepared dataset, batched longest first (similar lengths share a batch, peak memory comes
+    first), each clip in its own language; results in the dataset's order."""
     order = sorted(range(len(dataset)), key=lambda i: -dataset[i]["duration"]) if len(dataset) else []
     texts: list[str] = [""] * len(dataset)
     hit_max = [False] * len(dataset)
     start = time.perf_counter()
     for first in range(0, len(order), batch_size):
         indices = order[first:first + batch_size]
-        rows = [dataset[i] for i in indices]
-        languages = [row["language"] for row in rows]
-        ids = model.generate(input_features=collate.features(rows).to(parameter.device, parameter.dtype),
-                             language=languages[0] if len(set(languages)) == 1 else languages)
-        decoded = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        for i, text, sequence in zip(indices, decoded, ids):
-            # generate() returns the new tokens only, padded with <|endoftext|>: a clip that used the whole budget
-            # without ending has `budget` tokens that are not <|endoftext|>.
-            texts[i], hit_max[i] = text.strip(), bool(budget) and int((sequence != eot).sum()) >= budget
+        batch_texts, batch_max = generate_rows(model, processor, [dataset[i] for i in indices])
+        for i, text, stopped in zip(indices, batch_texts, batch_max):
+            texts[i], hit_max[i] = text, stopped
     return Transcripts(texts, hit_max, time.perf_counter() - start)

@@ -112,6 +112,8 @@ class Source(Section):
                                                                         "data.mixing is interleave")
     guard: bool = Field(False, description="test sets only: another domain or language whose WER must not rise "
                                            "by more than eval.guard_threshold points")
+    pseudo_label: bool = Field(False, description="replay sources only: no transcripts needed; the base model "
+                                                  "transcribes the audio once (cached) and training keeps that")
 
     @field_validator("language")
     @classmethod
@@ -167,8 +169,13 @@ class DataConfig(Section):
     silence_threshold_db: float = Field(-50.0, lt=0.0, description="RMS level in dBFS under which a clip is silent")
     cache_features: bool = Field(True, description="compute log-mel features once and keep them in the datasets "
                                                    "cache (~1 MB a clip); false = from the waveform every step")
+    # Replay: clips of other languages or domains mixed into every epoch, so training keeps what the base model
+    # did there (less forgetting). A replay source with `pseudo_label: true` needs no transcripts.
+    replay: list[Source] = Field(default_factory=list, description="other languages/domains mixed into training")
+    replay_ratio: float = Field(0.25, gt=0.0, le=4.0, description="replay clips per in-domain training clip "
+                                                                  "(drawn with the seed; repeated if too few)")
 
-    @field_validator("train", "eval", "test", mode="before")
+    @field_validator("train", "eval", "test", "replay", mode="before")
     @classmethod
     def _wrap(cls, v: Any) -> Any:
         # A single source may be written as a mapping; a list of them is the general form.
@@ -176,9 +183,19 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _sources(self) -> DataConfig:
-        guards = [s.label for s in self.train + self.eval if s.guard]
+        guards = [s.label for s in self.train + self.eval + self.replay if s.guard]
         if guards:
             raise ValueError(f"sources {guards} are marked guard: only test sets are guards")
+        pseudo = [s.label for s in self.train + self.eval + self.test if s.pseudo_label]
+        if pseudo:
+            raise ValueError(f"sources {pseudo} ask for pseudo_label: only data.replay sources may (train, eval "
+                             "and test sets need real transcripts)")
+        silent = [s.label for s in self.replay if s.pseudo_label and not (s.language or s.language_column)]
+        if silent:
+            raise ValueError(f"replay sources {silent} are pseudo-labelled: set `language:` (or `language_column:`), "
+                             "the language the base model transcribes it in")
+        if self.replay and any(s.streaming for s in self.train + self.replay):
+            raise ValueError("data.replay is mixed in by count, which needs non-streamed train and replay sources")
         streamed = [s.label for s in self.eval + self.test if s.streaming]
         if streamed:
             raise ValueError(f"eval/test sources {streamed} stream: only train sources may (scores need every row)")
@@ -298,13 +315,44 @@ class EvalConfig(Section):
         "wer", description="lower is better; wer = normalized WER"
     )
     baseline: bool = Field(True, description="also score the zero-shot base model on the test sets")
-    guard_threshold: float = Field(1.0, ge=0.0, description="WER points a guard set may rise before it is flagged")
+    guard_threshold: float = Field(1.0, ge=0.0, description="WER points a guard set may rise before it is flagged "
+                                                            "(when the rise is also significant)")
+    # Error bars: bootstrap over utterances (seeded, so reports repeat); a guard-set rise counts as a regression
+    # only when it exceeds guard_threshold AND the paired bootstrap interval of the difference excludes zero.
+    bootstrap_samples: int = Field(1000, ge=100, description="bootstrap resamples per interval and paired test")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of intervals and paired tests")
     worst_utterances: int = Field(10, ge=0, description="sclite-style alignments shown per set and model")
 
 
 class OutputConfig(Section):
     merge: bool = Field(True, description="merge the best adapter into <output_dir>/merged")
     parity_clips: int = Field(4, ge=0, description="eval clips transcribed by merged and base+adapter to compare")
+    # Adapter strength s: the shipped model is W + s x delta (0 = base, 1 = as trained). auto: score scale_grid on
+    # the eval set and the guard sets, keep the best in-domain strength that no guard set regresses significantly
+    # (finetune/adapter_scale.py); a number: use it as is.
+    adapter_scale: Literal["auto"] | float = Field("auto", description="auto, or a strength >= 0 (1 = as trained)")
+    scale_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+                                    description="strengths scored when adapter_scale is auto (0 is always added)")
+    # within_noise: among the strengths that keep the guard sets, the smallest one whose in-domain WER is not
+    # significantly worse than the lowest (least change for the same measured gain); lowest: the lowest WER.
+    scale_pick: Literal["within_noise", "lowest"] = "within_noise"
+    # lazy: guard sets are scored at 0, at 1 and where the choice needs them (same answer as full, fewer passes);
+    # full: at every strength (the complete curve in the report).
+    scale_search: Literal["lazy", "full"] = "lazy"
+
+    @field_validator("adapter_scale")
+    @classmethod
+    def _non_negative(cls, v: Any) -> Any:
+        if isinstance(v, float) and not 0.0 <= v <= 4.0:
+            raise ValueError("a fixed adapter strength must lie in [0, 4] (0 = base model, 1 = as trained)")
+        return v
+
+    @field_validator("scale_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= x <= 4.0 for x in v):
+            raise ValueError("needs strengths in [0, 4], e.g. [0.0, 0.5, 0.75, 1.0]")
+        return sorted(set(v) | {0.0})
 
 
 class HubConfig(Section):

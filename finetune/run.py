@@ -8,7 +8,8 @@ Run as:
 
 Outputs in <output_dir>: recipe.yaml, environment.json, dropped_rows.jsonl, checkpoint-*/, adapter/ (best
 adapter + processor), merged/ (full checkpoint for transformers.pipeline), report.json, report.md, report.html,
-predictions.jsonl; hub-upload/ when hub.push is set.
+predictions.jsonl; hub-upload/ when hub.push is set. The adapter and the merged model carry the adapter strength
+chosen in step 6 (output.adapter_scale).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
 
+from finetune.adapter_scale import adapter_strength  # noqa: E402
 from finetune.data import counts_table, first_rows, load_data, save_data_report  # noqa: E402
 from finetune.encoder_cache import cache_encoder_outputs  # noqa: E402
 from finetune.hub import publish  # noqa: E402
@@ -27,6 +29,7 @@ from finetune.model import (add_lora, count_parameters, load_model, load_process
                             set_spec_augment)
 from finetune.outputs import is_main_process, log, save_run_info, setup_logging  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
+from finetune.replay import PseudoLabeler  # noqa: E402
 from finetune.report import final_line, final_report  # noqa: E402
 from finetune.train import (build_trainer, check_cpu_threads, resume_checkpoint, save_adapter, train,  # noqa: E402
                             training_arguments)
@@ -59,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     log.info("Trainable parameters: %d of %d", *count_parameters(model))
 
     # 4. Data: decoded to 16 kHz mono, tokenized, filtered (drops counted per source), features cached.
-    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first)
+    #    Replay sources are mixed into train; unlabeled ones are transcribed once by the base model (cached).
+    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first,
+                     labeler=PseudoLabeler(recipe, model, processor))
     log.info("Data:\n%s", counts_table(data.counts))
     if is_main_process():
         log.info("Dropped rows, with reasons: %s", save_data_report(recipe.output_dir, data.counts))
@@ -75,14 +80,21 @@ def run(args: argparse.Namespace) -> int:
     training = train(trainer, resume_checkpoint(recipe))
     adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
 
-    # 6. Merge the best adapter into a full checkpoint and check parity (main process).
+    # 6. Adapter strength (main process): score strengths between the base model (0) and the adapter as trained (1)
+    #    on the eval set and the guard sets; the best one that keeps every guard set is baked into the adapter.
+    strength = adapter_strength(recipe, trainer.model, processor, train_data, adapter_dir) \
+        if is_main_process() else None
+
+    # 7. Merge the adapter at that strength into a full checkpoint and check parity (main process).
     merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
         if recipe.output.merge and is_main_process() else None
 
-    # 7. Evaluate and report (main process): zero-shot vs fine-tuned on every test set -> report.{json,md,html}.
-    report = final_report(recipe, trainer, processor, data, training, merged)
+    # 8. Evaluate and report (main process): zero-shot vs fine-tuned on every test set, with error bars ->
+    #    report.{json,md,html}.
+    report = final_report(recipe, trainer.model, processor, data, training, trainer.state.log_history, merged,
+                          strength) if is_main_process() else None
 
-    # 8. Publish (hub.push, main process): adapter and/or merged model with a model card; failures leave outputs be.
+    # 9. Publish (hub.push, main process): adapter and/or merged model with a model card; failures leave outputs be.
     publish(recipe)
     if report:
         log.info("Done. %s", final_line(report))

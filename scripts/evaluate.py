@@ -5,6 +5,12 @@ Run as:
     python scripts/evaluate.py recipes/es-synth-base.yaml --model runs/es-synth-base/merged --sets "es-synth test"
     python scripts/evaluate.py recipes/spanish.yaml --adapter runs/spanish-small/adapter eval.batch_size=64
     python scripts/evaluate.py recipes/demo.yaml --model openai/whisper-small --no-baseline --output eval-small
+    python scripts/evaluate.py recipes/es-synth-base.yaml --choose-strength     # redo a run's steps 6-8
+
+--choose-strength: on a trained run (its adapter/, or --adapter), choose the adapter strength again with the
+recipe's eval and guard sets as it stands now (e.g. after adding a guard set, or changing output.scale_grid),
+bake it into the adapter, merge it into <output_dir>/merged and write the run's reports: finetune/run.py's steps
+6-8, from the adapter as trained.
 
 Baseline: the recipe's base model (model.name), zero-shot. Fine-tuned: --model (a full checkpoint, e.g. a merged
 one), or the base model with --adapter on top; by default <output_dir>/merged, else <output_dir>/adapter.
@@ -27,13 +33,16 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from peft import PeftModel  # noqa: E402
 
-from finetune.data import load_test_sets  # noqa: E402
-from finetune.merge import MERGED_DIR  # noqa: E402
+from finetune.adapter_scale import adapter_strength, bake_scale, baked_scale  # noqa: E402
+from finetune.data import first_rows, load_data, load_test_sets  # noqa: E402
+from finetune.merge import MERGED_DIR, merge_adapter  # noqa: E402
 from finetune.metrics import normalizer_for  # noqa: E402
-from finetune.model import load_model, load_processor, precision_context, set_decoding  # noqa: E402
+from finetune.model import load_adapter, load_model, load_processor, precision_context, set_decoding  # noqa: E402
 from finetune.outputs import log, setup_logging  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
-from finetune.report import adapter_disabled, build_report, final_line, score_sets, write_reports  # noqa: E402
+from finetune.replay import PseudoLabeler  # noqa: E402
+from finetune.report import audio_paths, build_report, final_line, final_report, write_reports  # noqa: E402
+from finetune.scoring import adapter_disabled, score_sets  # noqa: E402
 from finetune.train import ADAPTER_DIR  # noqa: E402
 
 
@@ -53,16 +62,44 @@ def tuned_model(recipe, model: str | None, adapter: str | None):
             raise RecipeError("evaluate", [f"--adapter {adapter!r}: no adapter_config.json there"])
         loaded = PeftModel.from_pretrained(load_model(recipe.model), adapter)
         set_decoding(loaded.get_base_model(), recipe.eval)
-        return loaded, f"{recipe.model.name} + adapter {adapter}"
+        return loaded, f"{recipe.model.name} + adapter {adapter} (strength {baked_scale(adapter):g})"
     loaded = load_model(recipe.model.model_copy(update={"name": model, "revision": None}))
     set_decoding(loaded, recipe.eval)
     return loaded, model
 
 
-def training_history(output_dir: str) -> list[dict]:
-    """The Trainer's log history from the newest checkpoint of the run, if there is one (for the plots)."""
+def trainer_state(output_dir: str) -> dict:
+    """The Trainer's state in the newest checkpoint of the run, if there is one (log history for the plots)."""
     states = sorted(Path(output_dir).glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(states[-1].read_text())["log_history"] if states else []
+    return json.loads(states[-1].read_text()) if states else {}
+
+
+def training_history(output_dir: str) -> list[dict]:
+    return trainer_state(output_dir).get("log_history", [])
+
+
+def choose_strength(recipe, adapter: str | None) -> dict:
+    """finetune/run.py's steps 6-8 on a trained run: strength search from the adapter as trained, bake, merge,
+    report. Returns the report."""
+    adapter_dir = Path(adapter) if adapter else Path(recipe.output_dir) / ADAPTER_DIR
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise RecipeError("evaluate", [f"--choose-strength: no adapter in {str(adapter_dir)!r} (adapter_config.json); "
+                                       "train first or pass --adapter"])
+    bake_scale(adapter_dir, 1.0)  # the search starts from the adapter as trained
+    processor = load_processor(recipe.model)
+    model = load_adapter(recipe.model, adapter_dir)
+    set_decoding(model.get_base_model(), recipe.eval)
+    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed,
+                     labeler=PseudoLabeler(recipe, model, processor))
+    strength = adapter_strength(recipe, model, processor, data, adapter_dir)
+    merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
+        if recipe.output.merge else None
+    state = trainer_state(recipe.output_dir)
+    history = state.get("log_history", [])
+    training = {"global_step": state.get("global_step", 0), "best_checkpoint": state.get("best_model_checkpoint"),
+                "best_metric": state.get("best_metric"),
+                **{k: v for h in history for k, v in h.items() if k.startswith("train_")}}
+    return final_report(recipe, model, processor, data, training, history, merged, strength)
 
 
 def main() -> int:
@@ -74,10 +111,19 @@ def main() -> int:
     parser.add_argument("--sets", nargs="+", help="test set names (default: all the recipe lists)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the zero-shot base model")
     parser.add_argument("--output", help="report directory (default: the recipe's output_dir)")
+    parser.add_argument("--choose-strength", action="store_true",
+                        help="choose the adapter strength of a trained run again, merge and report (run.py steps 6-8)")
     args = parser.parse_intermixed_args()
     setup_logging()
+    if args.choose_strength and (args.model or args.sets or args.no_baseline or args.output):
+        parser.error("--choose-strength works on the run's adapter (or --adapter) with every test set of the recipe, "
+                     "into its output_dir: --model, --sets, --no-baseline and --output do not apply")
     try:
         recipe = load_recipe(args.recipe, args.overrides)
+        if args.choose_strength:
+            report = choose_strength(recipe, args.adapter)
+            log.info("Done. %s", final_line(report))
+            return 1 if report["regressions"] else 0
         processor = load_processor(recipe.model)
         test, counts = load_test_sets(recipe.data, processor, args.sets)
         tuned, tuned_name = tuned_model(recipe, args.model, args.adapter)
@@ -100,7 +146,7 @@ def main() -> int:
     report, predictions = build_report(sets, recipe.eval_settings(), language, normalizer,
                                        {"fine_tuned_model": tuned_name}, training_history(recipe.output_dir), None,
                                        counts)
-    write_reports(args.output or recipe.output_dir, report, predictions)
+    write_reports(args.output or recipe.output_dir, report, predictions, audio_paths(test))
     log.info("Done. %s", final_line(report))
     return 1 if report["regressions"] else 0
 

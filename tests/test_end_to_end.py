@@ -60,12 +60,15 @@ def test_full_run_writes_every_output(tmp_path: Path, tiny_model_dir: Path, corp
     tiny_test = report["sets"]["tiny test"]
     assert set(tiny_test["fine_tuned"]) == set(tiny_test["zero_shot"]) >= {"wer", "cer", "wer_ortho", "cer_ortho",
                                                                           "real_time_factor", "repeated_ngram_rate"}
-    assert report["schema_version"] == 1 and report["merged"]["parity"]["ok"]
+    assert report["schema_version"] == 2 and report["merged"]["parity"]["ok"]
     assert report["merged"]["parity"]["clips"] == 2 and report["training"]["global_step"] == 2
     assert any("eval_wer" in h for h in report["log_history"])
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 4 and {"set", "id", "ref", "hyp", "wer", "hyp_zero_shot"} <= set(predictions[0])
-    assert "Done. tiny test: WER" in done.stderr
+    assert "Done. tiny test: WER" in done.stderr and "; adapter strength " in done.stderr
+    strength = report["adapter_scale"]
+    assert strength["mode"] == "auto" and [p["scale"] for p in strength["points"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert json.loads((out / "adapter" / "adapter_scale.json").read_text())["scale"] == strength["chosen"]
     assert json.loads((out / "environment.json").read_text())["world_size"] == 1
     assert "parity with base+adapter: 2/2 identical" in done.stderr
     generation = json.loads((out / "merged" / "generation_config.json").read_text())

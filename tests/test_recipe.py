@@ -59,8 +59,9 @@ def test_typo_gives_did_you_mean() -> None:
 def test_unknown_key_without_close_match_lists_valid_keys() -> None:
     raw = with_()
     raw["eval"] = {"zzz": 1}
-    assert problems(raw) == ["eval.zzz: unknown key; valid keys: baseline, batch_size, guard_threshold, "
-                             "max_new_tokens, metric_for_best, num_beams, precision, temperature, worst_utterances"]
+    assert problems(raw) == ["eval.zzz: unknown key; valid keys: baseline, batch_size, bootstrap_samples, confidence, "
+                             "guard_threshold, max_new_tokens, metric_for_best, num_beams, precision, temperature, "
+                             "worst_utterances"]
 
 
 def test_wrong_type_names_key_and_value() -> None:
@@ -180,3 +181,15 @@ def test_cli_reports_recipe_errors_without_traceback(tmp_path: Path) -> None:
     assert "2 problems" in done.stderr
     assert "lora.rnak: unknown key; did you mean 'lora.rank'?" in done.stderr
     assert "train.bf16: Input should be a valid boolean" in done.stderr and "(got 'maybe')" in done.stderr
+
+
+def test_adapter_strength_settings() -> None:
+    recipe = validate(MINIMAL)
+    assert recipe.output.adapter_scale == "auto" and recipe.output.scale_grid == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert validate(with_(output__adapter_scale=0.5)).output.adapter_scale == 0.5
+    assert validate(with_(output__scale_grid="[1.0, 0.5, 1.25]")).output.scale_grid == [0.0, 0.5, 1.0, 1.25]
+    [problem] = problems(with_(output__adapter_scale=-1))
+    assert problem.startswith("output.adapter_scale: a fixed adapter strength must lie in [0, 4]")
+    assert problems(with_(output__scale_grid="[0.5, 9]"))[0].startswith("output.scale_grid: needs strengths in [0, 4]")
+    assert "output.adapter_scale" in problems(with_(output__adapter_scale="best"))[0]
+    assert problems(with_(eval__confidence=1.5))[0].startswith("eval.confidence:")
