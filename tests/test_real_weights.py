@@ -28,8 +28,8 @@ def test_short_real_run_beats_zero_shot(tmp_path: Path) -> None:
         "train": [{**es_synth, "split": "train", "max_samples": 32}],
         "eval": [{**es_synth, "split": "validation", "max_samples": 8}],
         "test": [{**es_synth, "split": "test", "max_samples": 16, "name": "es-synth test[:16]"},
-                 {"path": str(SHARED / "data" / "real-ivr" / "en"), "split": "test", "max_samples": 16,
-                  "language": "en", "guard": True, "name": "real IVR English[:16]"}],
+                 {"path": str(SHARED / "data" / "real-ivr" / "en"), "split": "test", "max_samples": 8,
+                  "language": "en", "guard": True, "name": "real IVR English[:8]"}],
     }
     out = tmp_path / "run"
     recipe["output_dir"] = str(out)
@@ -41,7 +41,7 @@ def test_short_real_run_beats_zero_shot(tmp_path: Path) -> None:
     scores = report["sets"]["es-synth test[:16]"]
     assert scores["fine_tuned"]["wer"] < scores["zero_shot"]["wer"], scores
     strength = report["adapter_scale"]
-    assert strength["chosen"] in (0.5, 1.0) and "real IVR English[:16]" in strength["points"][0]["sets"]
+    assert strength["chosen"] in (0.5, 1.0) and "real IVR English[:8]" in strength["points"][0]["sets"]
     from transformers import pipeline
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
