@@ -278,12 +278,17 @@ def prepare_source(src: Source, split: str, processor: Any, cfg: DataConfig,
     # `ref` (the audio path) stays: reports embed the worst utterances' audio.
     kept = prepared.filter(lambda reason: reason == KEEP, input_columns="drop").remove_columns(["drop"])
     if store_features:
-        kept = kept.with_format("numpy", columns=["input_features"], output_all_columns=True)
+        kept = numpy_features(kept)
     count = SourceCount(split=split, source=src.label, rows=len(prepared), kept=len(kept),
                         hours=float(sum(kept["duration"])) / 3600,
                         dropped=dict(sorted(Counter(r["reason"] for r in dropped_rows).items())),
                         dropped_rows=dropped_rows)
     return kept, count
+
+
+def numpy_features(ds: Dataset) -> Dataset:
+    """Rows read with `input_features` as numpy arrays (the collator stacks them), other columns as stored."""
+    return ds.with_format("numpy", columns=["input_features"], output_all_columns=True)
 
 
 def combine(parts: list, sources: list[Source], mixing: str, seed: int) -> Dataset | IterableDataset:
@@ -361,8 +366,7 @@ def mix_replay(train: Dataset | IterableDataset, replay: Dataset | None, ratio: 
     picks = rng.permutation(len(replay))[:wanted] if wanted <= len(replay) else \
         rng.integers(0, len(replay), size=wanted)
     mixed = concatenate_datasets([train.with_format(None), replay.with_format(None).select(picks.tolist())])
-    return mixed.with_format("numpy", columns=["input_features"], output_all_columns=True) \
-        if "input_features" in mixed.column_names else mixed
+    return numpy_features(mixed) if "input_features" in mixed.column_names else mixed
 
 
 def load_test_sets(cfg: DataConfig, processor: Any,
