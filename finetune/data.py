@@ -23,12 +23,12 @@ from datasets import (Array2D, Audio, Dataset, Features, IterableDataset, List, 
                       interleave_datasets, load_dataset)
 
 from finetune.hub import hub_problem
-from finetune.outputs import write_text
+from finetune.outputs import log, write_text
 from finetune.recipe import (MAX_AUDIO_SECONDS, AugmentConfig, DataConfig, RecipeError, Source, TextNormalization,
                              whisper_languages)
 
 SAMPLE_RATE = 16_000  # Hz: what Whisper's feature extractor expects
-PREP_VERSION = "1"  # bump when prepare_row changes, so cached results are not reused
+PREP_VERSION = "2"  # bump when prepare_row changes, so cached results are not reused
 KEEP = ""  # drop reason of a row that is kept
 FEATURE_WRITER_BATCH = 64  # rows per Arrow write when storing features (~1 MB each): bounds RAM
 
@@ -77,14 +77,11 @@ def _load_manifest(src: Source) -> Dataset:
     path = Path(src.manifest or "").expanduser()
     if not path.is_file():
         raise RecipeError("data", [f"{src.label}: manifest {str(path.resolve())!r} not found"])
-    try:
-        path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RecipeError("data", [
-            f"{src.label}: manifest {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset "
-            f"{err.start}). Re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
-        ]) from None
+    lines = [line for line in utf8_text(path, src.label).splitlines() if line.strip()]
     suffix = path.suffix.lower()
+    if len(lines) <= (0 if suffix in {".jsonl", ".json"} else 1):  # CSV/TSV: the first line is the header
+        raise RecipeError("data", [f"{src.label}: manifest {str(path)!r} has no rows"
+                                   f"{' (only a header line)' if lines else ' (the file is empty)'}"])
     builder, options = ("json", {}) if suffix in {".jsonl", ".json"} else ("csv", {"sep": "\t" if suffix == ".tsv"
                                                                                   else ","})
     try:
@@ -100,6 +97,17 @@ def _load_manifest(src: Source) -> Dataset:
     return ds
 
 
+def utf8_text(path: Path, label: str) -> str:
+    """A text file's content, or an error naming the first byte that is not UTF-8 and how to convert the file."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError("data", [
+            f"{label}: {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset {err.start}). "
+            f"Re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
+        ]) from None
+
+
 def resolve_path(folder: str, value: Any) -> str | None:
     """A manifest's audio path, absolute (relative ones are taken from the manifest's folder)."""
     if value is None or not str(value).strip():
@@ -112,6 +120,8 @@ def _load_audiofolder(src: Source) -> Dataset:
     root = Path(src.path or "").expanduser()
     if not root.is_dir():
         raise RecipeError("data", [f"{src.label}: path {str(root.resolve())!r} is not a directory"])
+    for metadata in [*root.glob("metadata.*"), *root.glob("*/metadata.*")]:
+        utf8_text(metadata, src.label)
     try:
         return load_dataset("audiofolder", data_dir=str(root), split=src.split, streaming=src.streaming)
     except Exception as err:  # no audio files, bad metadata.csv, unknown split, ...
@@ -178,6 +188,8 @@ def drop_reason_for_file(audio: dict[str, Any] | None) -> str | None:
     if audio.get("bytes"):
         return None
     path = Path(audio["path"])
+    if path.is_dir():
+        return "a directory, not an audio file"
     if not path.is_file():
         return "missing audio file"
     return "empty audio file (0 bytes)" if path.stat().st_size == 0 else None
@@ -218,8 +230,8 @@ def prepare_row(audio: dict[str, Any] | None, text: Any, language: Any = None, *
         return row
     try:
         waveform = decode_audio(audio)
-    except Exception:  # corrupt, truncated or unsupported file: one bad clip must not stop a run
-        row["drop"] = "unreadable audio"
+    except Exception as err:  # corrupt, truncated or unsupported file: one bad clip must not stop a run
+        row["drop"] = "no audio stream" if "audio stream" in str(err).lower() else "unreadable audio"
         return row
     row["duration"] = len(waveform) / SAMPLE_RATE
     row["labels"] = [] if unlabeled else label_ids(processor.tokenizer, text, language)
@@ -378,7 +390,28 @@ def load_test_sets(cfg: DataConfig, processor: Any,
         raise RecipeError("data", [f"no test set named {unknown}; the recipe has "
                                    f"{[src.label for src in cfg.test_sets]}"])
     prepared = {src.label: prepare_source(src, "test", processor, cfg, cfg.cache_features) for src in sources}
-    return {name: ds for name, (ds, _) in prepared.items()}, [count for _, count in prepared.values()]
+    counts = [count for _, count in prepared.values()]
+    check_test_losses(counts, cfg.max_test_dropped)
+    return {name: ds for name, (ds, _) in prepared.items()}, counts
+
+
+def test_loss_lines(counts: list[SourceCount]) -> list[str]:
+    """One line per test set that lost rows: how many, why, and that its scores cover only the rest."""
+    return [f"Test set {c.source!r} lost {c.rows - c.kept} of {c.rows} rows ({100 * (c.rows - c.kept) / c.rows:.0f} "
+            f"%: {', '.join(f'{why}: {n}' for why, n in c.dropped.items())}); its scores cover the {c.kept} kept"
+            for c in counts if c.split == "test" and c.rows and c.kept < c.rows]
+
+
+def check_test_losses(counts: list[SourceCount], max_share: float) -> None:
+    """Warn about every test set that lost rows; stop when one lost more than `max_share` of them."""
+    for line in test_loss_lines(counts):
+        log.warning(line)
+    over = [c for c in counts if c.split == "test" and c.rows and (c.rows - c.kept) / c.rows > max_share]
+    if over:
+        raise RecipeError("data", [f"test set {c.source!r} lost {c.rows - c.kept} of {c.rows} rows, more than "
+                                   f"data.max_test_dropped={max_share:g} allows (reasons: {c.dropped}; each row in "
+                                   f"dropped_rows.jsonl or the data table). Fix those files, or allow it with "
+                                   f"data.max_test_dropped=1" for c in over])
 
 
 class WaveformAugment:

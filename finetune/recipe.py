@@ -174,6 +174,10 @@ class DataConfig(Section):
     replay: list[Source] = Field(default_factory=list, description="other languages/domains mixed into training")
     replay_ratio: float = Field(0.25, gt=0.0, le=4.0, description="replay clips per in-domain training clip "
                                                                   "(drawn with the seed; repeated if too few)")
+    # A test set that lost rows (unreadable, missing, too long) scores fewer clips than it claims: any loss is
+    # reported at the top of the report; a larger share than this stops the run before training.
+    max_test_dropped: float = Field(0.05, ge=0.0, le=1.0, description="share of a test set's rows that may be "
+                                                                      "dropped (1 = any)")
 
     @field_validator("train", "eval", "test", "replay", mode="before")
     @classmethod
@@ -553,8 +557,17 @@ def describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
 _MISSING = object()
 
 
+# Short names people type for training keys, from other tools' flags (lr, bs, epochs).
+ALIASES = {"lr": "learning_rate", "bs": "per_device_train_batch_size", "batch_size": "per_device_train_batch_size",
+           "epochs": "num_train_epochs", "steps": "max_steps", "grad_accum": "gradient_accumulation_steps",
+           "accumulation_steps": "gradient_accumulation_steps", "warmup": "warmup_steps", "wd": "weight_decay"}
+
+
 def suggest(name: str, known: list[str]) -> str | None:
-    """The known key `name` was most likely meant to be: a close spelling, else one that contains it (epochs)."""
+    """The known key `name` was most likely meant to be: a known alias (lr), a close spelling, else one that
+    contains it (epochs)."""
+    if ALIASES.get(name.lower()) in known:
+        return ALIASES[name.lower()]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return close[0]

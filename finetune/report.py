@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from finetune.adapter_scale import scaled
-from finetune.data import PreparedData, SourceCount, counts_table
+from finetune.data import PreparedData, SourceCount, counts_table, test_loss_lines
 from finetune.metrics import normalizer_for, sclite_listing, top_errors
 from finetune.model import precision_context
 from finetune.outputs import log, write_json, write_text
@@ -181,9 +181,14 @@ def strength_lines(report: dict[str, Any]) -> list[str]:
             f"strength 0 and whether it is significant.", strength_table(strength)]
 
 
+def warning_lines(report: dict[str, Any]) -> list[str]:
+    """What the top of every report says about test sets scored on fewer rows than they hold."""
+    return test_loss_lines([SourceCount(**c) for c in report.get("data") or []])
+
+
 def markdown(report: dict[str, Any]) -> str:
     training = report["training"] or {}
-    parts = ["# Evaluation report", *regression_lines(report),
+    parts = ["# Evaluation report", *warning_lines(report), *regression_lines(report),
              f"Rates in percent. `wer`/`cer`: after Whisper's normalizer for the set's language ({report['normalizer']} "
              f"unless the set says otherwise); `_ortho`: as written; the WER interval is a bootstrap over "
              f"utterances. S/D/I: word substitutions, deletions, insertions. `repeated_ngram_rate`, "
@@ -203,7 +208,9 @@ def markdown(report: dict[str, Any]) -> str:
         if entry["worst"]:
             parts.append("Worst utterances (fine-tuned):\n\n```\n" + "\n\n".join(entry["worst"]) + "\n```")
     if "global_step" in training:
-        parts.append(f"## Training\n\n{training['global_step']} steps in {training.get('train_runtime', 0):.0f} s; "
+        sessions = f" over {training['sessions']} sessions (resumed)" if training.get("sessions", 1) > 1 else ""
+        parts.append(f"## Training\n\n{training['global_step']} steps in {training.get('train_runtime', 0):.0f} s"
+                     f"{sessions}; "
                      f"best checkpoint `{training.get('best_checkpoint')}` ({training.get('best_metric')}).")
     if "fine_tuned_model" in training:
         parts.append(f"Fine-tuned model: `{training['fine_tuned_model']}`.")
@@ -275,14 +282,19 @@ def audio_paths(test: dict[str, Any]) -> dict[str, list[str]]:
 
 def write_reports(output_dir: str | Path, report: dict[str, Any], predictions: list[dict],
                   audio: dict[str, list[str]] | None = None) -> None:
-    """The four report files. report.json is written last: a reader that finds it finds the others complete."""
+    """The four report files, as a set: the old report.json goes first and the new one is written last, so
+    whenever report.json exists the other three belong to it and are complete."""
     out = Path(output_dir)
     text = markdown(report)
+    (out / "report.json").unlink(missing_ok=True)
     write_text(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     write_text(out / "report.md", text)
-    write_text(out / "report.html", html_page(report, regression_lines(report), audio or {}))
+    write_text(out / "report.html", html_page(report, regression_lines(report), audio or {},
+                                                 warning_lines(report)))
     write_json(out / "report.json", report)
     log.info("Reports: %s, %s, %s", out / "report.md", out / "report.html", out / "report.json")
     log.info("Test sets, zero-shot vs fine-tuned:\n%s", summary_table(report))
     for line in regression_lines(report):
         (log.warning if report["regressions"] else log.info)(line)
+    for line in warning_lines(report):
+        log.warning(line)

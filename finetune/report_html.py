@@ -158,13 +158,16 @@ def set_section(name: str, entry: dict[str, Any], audio: list[str]) -> str:
     return "\n".join(parts)
 
 
-def html_page(report: dict[str, Any], flags: list[str], audio: dict[str, list[str]]) -> str:
-    """The whole page. `flags`: the guard-set lines; `audio`: each set's audio file paths, by utterance id."""
+def html_page(report: dict[str, Any], flags: list[str], audio: dict[str, list[str]],
+              warnings: list[str] | None = None) -> str:
+    """The whole page. `flags`: the guard-set lines; `audio`: each set's audio file paths, by utterance id;
+    `warnings`: test sets scored on fewer rows than they hold."""
     images = {key: f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                    f"<figcaption>{esc(caption)}</figcaption></figure>"
               for key, (caption, png) in figures(report).items()}
     kind = "regression" if report["regressions"] else "noise" if report.get("within_noise") else "ok"
-    flag_html = "".join(f'<div class="flag {kind}">{esc(line)}</div>' for line in flags)
+    flag_html = "".join(f'<div class="flag regression">{esc(line)}</div>' for line in warnings or []) + \
+        "".join(f'<div class="flag {kind}">{esc(line)}</div>' for line in flags)
     training = report.get("training") or {}
     legend = ('<p class="legend">Alignments (fine-tuned, normalized words): <span class="S">substitution '
               '(reference below)</span><span class="D">deletion</span><span class="I">insertion</span></p>')

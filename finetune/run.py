@@ -4,8 +4,13 @@ Run as:
     accelerate launch finetune/run.py recipes/spanish.yaml                      # one or many GPUs
     accelerate launch finetune/run.py recipes/spanish.yaml train.learning_rate=5.0e-4 output_dir=runs/es-lr5e-4
     python finetune/run.py recipes/demo.yaml model.name=/path/to/whisper-tiny    # one process, local model
-    python finetune/run.py recipes/spanish.yaml --check    # validate recipe, data and model; train nothing
+    python finetune/run.py recipes/spanish.yaml --check    # validate recipe, data and model; writes nothing
+    python finetune/run.py recipes/spanish.yaml --overwrite    # delete output_dir's previous run, start again
 
+Exit status: 0 done; 2 a recipe, data or output_dir problem (the message says what to change); 130 interrupted
+(rerun with train.resume=auto to continue from the last complete checkpoint).
+
+One run per output_dir (a second one exits 2); train.resume=auto continues only a checkpoint of the same recipe.
 Outputs in <output_dir>: recipe.yaml, environment.json, dropped_rows.jsonl, checkpoint-*/, adapter/ (best
 adapter + processor), merged/ (full checkpoint for transformers.pipeline), report.json, report.md, report.html,
 predictions.jsonl; hub-upload/ when hub.push is set. The adapter and the merged model carry the adapter strength
@@ -31,70 +36,79 @@ from finetune.outputs import is_main_process, log, save_run_info, setup_logging 
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
 from finetune.replay import PseudoLabeler  # noqa: E402
 from finetune.report import final_line, final_report  # noqa: E402
-from finetune.train import (build_trainer, check_cpu_threads, resume_checkpoint, save_adapter, train,  # noqa: E402
-                            training_arguments)
+from finetune.run_dir import OutputDirError, check_output_path, claim_output_dir, interrupted_message  # noqa: E402
+from finetune.train import build_trainer, check_cpu_threads, save_adapter, train, training_arguments  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune Whisper with LoRA from a recipe.")
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/spanish.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.learning_rate=5.0e-4")
-    parser.add_argument("--check", action="store_true", help="validate recipe, data and model; train nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="validate recipe, data, model and output_dir; train nothing, write nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the outputs of the run output_dir already holds, then start afresh")
     return parser.parse_intermixed_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
-    # 1. Recipe: YAML + overrides, validated; every problem is reported at once.
+    # 1. Recipe: YAML + overrides, validated; every problem is reported at once, output_dir's too.
     recipe = load_recipe(args.recipe, args.overrides)
+    check_output_path(recipe)
 
     # 2. Training arguments: this also joins the process group when started by `accelerate launch`.
     training_args = training_arguments(recipe)
-    if is_main_process():
-        save_run_info(recipe, sys.argv, training_args.world_size)
     log.info("Recipe %s, world size %d, device %s", args.recipe, training_args.world_size, training_args.device)
     check_cpu_threads(training_args)
 
-    # 3. Processor and model: base Whisper, language/task on its generation config, LoRA adapters on top.
+    # 3. Output directory (not with --check, which writes nothing): locked for this run; where training starts
+    #    (train.resume=auto: the last complete checkpoint of the same recipe); leftovers of killed runs cleaned.
+    claim = None if args.check else claim_output_dir(recipe, args.overwrite)
+    if claim and is_main_process():
+        save_run_info(recipe, sys.argv, training_args.world_size)
+
+    # 4. Processor and model: base Whisper, language/task on its generation config, LoRA adapters on top.
     processor = load_processor(recipe.model)
     model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
     set_decoding(model.get_base_model(), recipe.eval)
     set_spec_augment(model.get_base_model(), recipe.augment)
     log.info("Trainable parameters: %d of %d", *count_parameters(model))
 
-    # 4. Data: decoded to 16 kHz mono, tokenized, filtered (drops counted per source), features cached.
+    # 5. Data: decoded to 16 kHz mono, tokenized, filtered (drops counted per source), features cached.
     #    Replay sources are mixed into train; unlabeled ones are transcribed once by the base model (cached).
     data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first,
                      labeler=PseudoLabeler(recipe, model, processor))
+    if args.check:
+        print(counts_table(data.counts))
+        log.info("Check passed: recipe, model, data and output_dir are usable. Nothing was trained or written.")
+        return 0
     log.info("Data:\n%s", counts_table(data.counts))
     if is_main_process():
         log.info("Dropped rows, with reasons: %s", save_data_report(recipe.output_dir, data.counts))
-    if args.check:
-        log.info("Check passed: recipe, model and data are usable. Nothing was trained.")
-        return 0
 
-    # 5. Train (frozen encoder: on encoder outputs computed once); the best adapter by eval WER is saved to
+    # 6. Train (frozen encoder: on encoder outputs computed once); the best adapter by eval WER is saved to
     #    <output_dir>/adapter.
     train_data = cache_encoder_outputs(recipe, model, processor, data, training_args.device,
                                        training_args.main_process_first)
-    trainer = build_trainer(recipe, model, processor, train_data, training_args)
-    training = train(trainer, resume_checkpoint(recipe))
+    trainer = build_trainer(recipe, model, processor, train_data, training_args, claim)
+    training = train(trainer)
     adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
 
-    # 6. Adapter strength (main process): score strengths between the base model (0) and the adapter as trained (1)
+    # 7. Adapter strength (main process): score strengths between the base model (0) and the adapter as trained (1)
     #    on the eval set and the guard sets; the best one that keeps every guard set is baked into the adapter.
     strength = adapter_strength(recipe, trainer.model, processor, train_data, adapter_dir) \
         if is_main_process() else None
 
-    # 7. Merge the adapter at that strength into a full checkpoint and check parity (main process).
+    # 8. Merge the adapter at that strength into a full checkpoint and check parity (main process).
     merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
         if recipe.output.merge and is_main_process() else None
 
-    # 8. Evaluate and report (main process): zero-shot vs fine-tuned on every test set, with error bars ->
+    # 9. Evaluate and report (main process): zero-shot vs fine-tuned on every test set, with error bars ->
     #    report.{json,md,html}.
     report = final_report(recipe, trainer.model, processor, data, training, trainer.state.log_history, merged,
                           strength) if is_main_process() else None
 
-    # 9. Publish (hub.push, main process): adapter and/or merged model with a model card; failures leave outputs be.
+    # 10. Publish (hub.push, main process): adapter and/or merged model with a model card; failures leave outputs be.
     publish(recipe)
     if report:
         log.info("Done. %s", final_line(report))
@@ -105,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         return run(parse_args(argv))
-    except RecipeError as err:
+    except (RecipeError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        message = interrupted_message()
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
+from finetune.checkpoints import mark_complete, rotate
 from finetune.collator import SpeechCollator
 from finetune.data import PreparedData
 from finetune.metrics import compute_metrics_fn
 from finetune.model import precision_context
 from finetune.outputs import atomic_dir, log
-from finetune.recipe import Recipe, RecipeError
+from finetune.recipe import Recipe
+from finetune.run_dir import Claim
 
 ADAPTER_DIR = "adapter"  # <output_dir>/adapter: the best adapter and the processor
 
@@ -56,7 +58,7 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
         # Non-reentrant checkpointing works with frozen base weights and LoRA, under DDP too (PITFALLS #4, #5).
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # WhisperTrainer rotates itself, counting complete checkpoints only
         seed=t.seed,
         dataloader_num_workers=t.dataloader_num_workers,
         per_device_eval_batch_size=e.batch_size,
@@ -76,32 +78,30 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
     )
 
 
-def resume_checkpoint(recipe: Recipe) -> str | None:
-    """The checkpoint to resume from: the latest in output_dir (resume: auto), a given path, or None."""
-    resume, out = recipe.train.resume, Path(recipe.output_dir)
-    latest = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if resume is False:
-        if latest:
-            log.warning("%s already has %s; starting fresh (train.resume=auto continues from it)", out, latest)
-        return None
-    if resume is True:
-        log.info("Resuming from %s", latest) if latest else log.info("No checkpoint in %s: starting fresh", out)
-        return latest
-    if not Path(resume).is_dir():
-        raise RecipeError("train", [f"train.resume: checkpoint directory {resume!r} does not exist"])
-    return str(resume)
-
-
 class WhisperTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer that generates each clip in its own language (mixed-language eval sets score right).
 
     The collator's `language` list is no model input: it is dropped for the loss and handed to generate().
     Evaluation runs under `eval_precision` autocast: the Trainer's mixed precision covers training steps only.
+    A checkpoint is marked complete once every rank has written its part, and only then can rotation delete an
+    older one (finetune/checkpoints.py).
     """
 
-    def __init__(self, *args, eval_precision: str = "fp32", **kwargs) -> None:
+    def __init__(self, *args, eval_precision: str = "fp32", claim: Claim | None = None, keep: int | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.eval_precision = eval_precision
+        self.claim, self.keep = claim, keep
+        if claim is not None:
+            self.add_callback(Progress(claim))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every rank's files (optimizer shards, RNG state) are on disk
+        if self.args.should_save and self.claim is not None:
+            out = Path(self._get_output_dir(trial=trial))
+            mark_complete(out / f"checkpoint-{self.state.global_step}", self.claim.mark(self.state.global_step))
+            rotate(out, self.keep, self.state.best_model_checkpoint)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         inputs = {k: v for k, v in inputs.items() if k != "language"}
@@ -117,8 +117,18 @@ class WhisperTrainer(Seq2SeqTrainer):
                                            **gen_kwargs)
 
 
+class Progress(TrainerCallback):
+    """Keeps the claim's step current, for the line an interrupt prints."""
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.claim.step = state.global_step
+
+
 def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedData,
-                  args: Seq2SeqTrainingArguments) -> WhisperTrainer:
+                  args: Seq2SeqTrainingArguments, claim: Claim | None = None) -> WhisperTrainer:
     return WhisperTrainer(
         model=model,
         args=args,
@@ -128,17 +138,37 @@ def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedDat
         processing_class=processor,  # saved with every checkpoint
         compute_metrics=compute_metrics_fn(processor.tokenizer, recipe.model.language),
         eval_precision=recipe.eval_precision,
+        claim=claim,
+        keep=recipe.train.save_total_limit,
     )
 
 
-def train(trainer: Seq2SeqTrainer, resume: str | None) -> dict[str, float]:
-    """Train; afterwards trainer.model holds the best adapter (load_best_model_at_end)."""
-    result = trainer.train(resume_from_checkpoint=resume)
+def train(trainer: WhisperTrainer) -> dict[str, Any]:
+    """Train from the claim's checkpoint (or fresh); afterwards trainer.model holds the best adapter
+    (load_best_model_at_end). The metrics cover the whole run, also when it was resumed."""
+    claim = trainer.claim
+    result = trainer.train(resume_from_checkpoint=claim.resume if claim else None)
     state = trainer.state
     log.info("Best checkpoint: %s (%s = %s)", state.best_model_checkpoint, trainer.args.metric_for_best_model,
              state.best_metric)
-    return {**result.metrics, "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
-            "global_step": state.global_step}
+    metrics = {**result.metrics, "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
+               "global_step": state.global_step}
+    if claim and claim.resume:
+        metrics.pop("train_samples_per_second", None)  # of the last session only; not known across sessions
+        metrics.update(whole_run_metrics(state.log_history, state.global_step, claim, result.metrics))
+    return metrics
+
+
+def whole_run_metrics(history: list[dict], steps: int, claim: Claim, session: dict[str, float]) -> dict[str, Any]:
+    """A resumed run's loss and time over all of its sessions (the Trainer's cover only the last session):
+    the mean of the logged losses weighted by the steps each covers, and the training seconds of every session."""
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    covered = [(step - before, loss) for (before, _), (step, loss) in zip([(0, 0.0)] + losses, losses)]
+    total = sum(n for n, _ in covered)
+    runtime = claim.prior_seconds + session.get("train_runtime", 0.0)
+    return {"train_loss": sum(n * loss for n, loss in covered) / total if total else session.get("train_loss"),
+            "train_runtime": runtime, "train_steps_per_second": steps / runtime if runtime else None,
+            "resumed_from": claim.resume, "sessions": claim.prior_sessions + 1}
 
 
 def save_adapter(trainer: Seq2SeqTrainer, processor, output_dir: str) -> Path:

@@ -130,9 +130,9 @@ def transcribe_all(model, processor, durations_by_path: dict[str, float], args: 
                                            progress) if batch else []
             except (RuntimeError, ValueError) as err:  # e.g. out of memory: report these files, go on with the rest
                 results = []
+                hint = "; try a smaller --batch_size" if "out of memory" in str(err).lower() else ""
                 for i in batch:
-                    errors.append(f"{paths[i]}: transcription failed ({type(err).__name__}: {err}); "
-                                  "try a smaller --batch_size")
+                    errors.append(f"{paths[i]}: transcription failed ({type(err).__name__}: {err}){hint}")
                     bar.write(f"error: {errors[-1]}")
             bar.update(round(done_before + batch_s, 1) - bar.n)
             for i, result in zip(batch, results):

@@ -20,8 +20,10 @@ from finetune.recipe import AugmentConfig, DataConfig, RecipeError, Source
 
 
 def data_config(path: Path, **limits) -> DataConfig:
+    """One source as train and eval (and so as the test set); test-set losses allowed: these tests are about the
+    training filters (test_a_test_set_that_lost_rows_... checks the limit)."""
     src = {"path": str(path), "split": "train"}
-    return DataConfig(train=[src], eval=[src], **limits)
+    return DataConfig(train=[src], eval=[src], **{"max_test_dropped": 1.0, **limits})
 
 
 @pytest.fixture()
@@ -147,13 +149,46 @@ def test_manifests_with_relative_paths_and_any_format(tmp_path: Path, processor)
 def test_manifest_problems(tmp_path: Path, processor) -> None:
     write_audiofolder(tmp_path, [{"name": "ok.wav", "text": "hola", "audio": tone(1.0)}])
     (tmp_path / "m.csv").write_text("audio,transcription\ntrain/ok.wav,hola\ntrain/gone.wav,adiós\n,sin audio\n")
-    cfg = DataConfig(train=[{"manifest": str(tmp_path / "m.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}])
+    cfg = DataConfig(train=[{"manifest": str(tmp_path / "m.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}],
+                     max_test_dropped=1.0)
     data = load_data(cfg, processor)
     assert data.counts[0].dropped == {"missing audio file": 1, "no audio path": 1} and data.counts[0].kept == 1
     (tmp_path / "latin1.csv").write_bytes("audio,transcription\ntrain/ok.wav,adiós\n".encode("latin-1"))
     cfg = DataConfig(train=[{"manifest": str(tmp_path / "latin1.csv")}], eval=[{"manifest": str(tmp_path / "m.csv")}])
     with pytest.raises(RecipeError, match=r"is not UTF-8 \(byte 0xf3 at offset 36\)\. Re-save it as UTF-8"):
         load_data(cfg, processor)
+
+
+def test_empty_manifests_and_non_utf8_metadata_are_named(tmp_path: Path, processor) -> None:
+    for name, content in [("empty.csv", ""), ("header.csv", "audio,transcription\n"), ("blank.jsonl", "\n\n")]:
+        (tmp_path / name).write_text(content)
+        cfg = DataConfig(train=[{"manifest": str(tmp_path / name)}], eval=[{"manifest": str(tmp_path / name)}])
+        with pytest.raises(RecipeError, match=rf"manifest '.*{name}' has no rows"):
+            load_data(cfg, processor)
+    write_audiofolder(tmp_path / "af", [{"name": "ok.wav", "text": "hola", "audio": tone(1.0)}])
+    metadata = next((tmp_path / "af").rglob("metadata.csv"))
+    metadata.write_bytes(metadata.read_text().replace("hola", "adiós").encode("latin-1"))
+    with pytest.raises(RecipeError, match=r"metadata.csv' is not UTF-8 \(byte 0xf3"):
+        load_data(data_config(tmp_path / "af"), processor)
+
+
+def test_a_test_set_that_lost_rows_warns_and_stops_above_the_limit(tmp_path: Path, processor, caplog) -> None:
+    write_audiofolder(tmp_path, [{"name": f"{i}.wav", "text": "hola", "audio": tone(1.0)} for i in range(3)])
+    (tmp_path / "folder.wav").mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=duration=1:size=32x32:rate=5",
+                    "-an", str(tmp_path / "video.mp4")], check=True)
+    rows = ["train/0.wav,hola", "train/1.wav,hola", "folder.wav,carpeta", "video.mp4,video"]
+    (tmp_path / "test.csv").write_text("audio,transcription\n" + "\n".join(rows) + "\n")
+    test = {"manifest": str(tmp_path / "test.csv"), "name": "calls"}
+    cfg = DataConfig(train=[{"path": str(tmp_path)}], eval=[{"path": str(tmp_path)}], test=[test])
+    with pytest.raises(RecipeError, match=r"test set 'calls' lost 2 of 4 rows, more than data.max_test_dropped=0.05 "
+                                          r"allows .*'a directory, not an audio file': 1, 'no audio stream': 1"):
+        load_data(cfg, processor)
+    with caplog.at_level("WARNING", logger="finetune"):
+        data = load_data(cfg.model_copy(update={"max_test_dropped": 0.5}), processor)
+    assert len(data.test["calls"]) == 2
+    assert "Test set 'calls' lost 2 of 4 rows (50 %: a directory, not an audio file: 1, no audio stream: 1); its " \
+           "scores cover the 2 kept" in caplog.text
 
 
 def test_per_row_and_per_source_language(tmp_path: Path, processor) -> None:

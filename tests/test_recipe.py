@@ -86,6 +86,13 @@ def test_every_problem_reported_at_once() -> None:
     assert any("unknown Whisper language 'klingon'" in p and "Valid codes:" in p for p in found)
 
 
+def test_short_names_from_other_tools_point_to_our_keys() -> None:
+    raw = with_()
+    raw.setdefault("train", {}).update({"lr": 0.1, "batch_size": 4})
+    assert sorted(problems(raw)) == ["train.batch_size: unknown key; did you mean 'train.per_device_train_batch_size'?",
+                                     "train.lr: unknown key; did you mean 'train.learning_rate'?"]
+
+
 def test_language_names_and_codes() -> None:
     assert validate(with_(model__language="Spanish")).model.language == "es"
     assert validate(with_(model__language="ES")).model.language == "es"

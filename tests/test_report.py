@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ import yaml
 from conftest import tiny_recipe
 from tiny import tone
 
+import finetune.report
+from finetune.data import SourceCount
 from finetune.metrics import analyse, normalizer_for
 from finetune.recipe import EvalConfig
 from finetune.report import build_report, final_line, html_page, markdown, write_reports
@@ -63,6 +66,27 @@ def test_guard_regression_is_flagged_at_the_top_and_in_the_final_line(tmp_path: 
     assert page.count("<img alt=") == 3 and 'class="flag regression"' in page and 'class="w S"' in page
     write_reports(tmp_path, report, predictions)
     assert json.loads((tmp_path / "report.json").read_text())["schema_version"] == 2
+
+
+def test_a_test_set_that_lost_rows_is_named_at_the_top_and_reports_are_written_as_a_set(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    lost = SourceCount(split="test", source="in-domain", rows=8, kept=7, dropped={"unreadable audio": 1})
+    report, predictions = build_report(synthetic_sets(), EvalConfig(), "es", "whisper-basic", {}, [], None, [lost])
+    line = "Test set 'in-domain' lost 1 of 8 rows (12 %: unreadable audio: 1); its scores cover the 7 kept"
+    assert markdown(report).splitlines()[2] == line
+    write_reports(tmp_path, report, predictions)
+    assert html.escape(line) in (tmp_path / "report.html").read_text()
+    # A kill between report files: the previous report.json is gone first, so no stale set passes for complete.
+    real = finetune.report.write_text
+
+    def killed(path, text):
+        if Path(path).name == "report.html":
+            raise KeyboardInterrupt
+        real(path, text)
+    monkeypatch.setattr(finetune.report, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(tmp_path, report, predictions)
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_a_rise_on_two_clips_is_within_noise_not_a_regression() -> None:

@@ -14,14 +14,18 @@ from finetune.collator import SpeechCollator
 from finetune.data import load_data
 from finetune.model import add_lora, load_model, load_processor
 from finetune.recipe import validate
-from finetune.train import build_trainer, resume_checkpoint, save_adapter, training_arguments
+from finetune.checkpoints import MARK_FILE, remove_dir
+from finetune.run_dir import claim_output_dir
+from finetune.train import build_trainer, save_adapter, train, training_arguments
 
-def make_trainer(tmp_path: Path, model_dir: Path, corpus: Path, **train):
+
+def make_trainer(tmp_path: Path, model_dir: Path, corpus: Path, claim: bool = False, **train):
     recipe = validate(tiny_recipe(model_dir, corpus, tmp_path / "out", train=train))
     processor = load_processor(recipe.model)
     model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
     data = load_data(recipe.data, processor)
-    return build_trainer(recipe, model, processor, data, training_arguments(recipe)), recipe, processor
+    return build_trainer(recipe, model, processor, data, training_arguments(recipe),
+                         claim_output_dir(recipe) if claim else None), recipe, processor
 
 
 def first_step(tmp_path: Path, model_dir: Path, corpus: Path, **train) -> tuple[float, float]:
@@ -72,16 +76,26 @@ def test_activation_checkpointing_with_lora_gives_the_same_step(tmp_path, tiny_m
     assert checkpointed == pytest.approx(plain, rel=1e-4)
 
 
-def test_resume_auto_continues_from_the_latest_checkpoint(tmp_path, tiny_model_dir, even_corpus) -> None:
-    trainer, recipe, processor = make_trainer(tmp_path, tiny_model_dir, even_corpus, max_steps=2, eval_steps=1)
-    trainer.train()
-    assert resume_checkpoint(recipe) is None  # resume: false starts fresh (and warns)
-    trainer, recipe, _ = make_trainer(tmp_path, tiny_model_dir, even_corpus, max_steps=3, eval_steps=1,
-                                      resume="auto")
-    checkpoint = resume_checkpoint(recipe)
-    assert checkpoint == str(tmp_path / "out" / "checkpoint-2")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    assert trainer.state.global_step == 3
+def test_resume_auto_continues_the_last_complete_checkpoint_with_whole_run_metrics(tmp_path, tiny_model_dir,
+                                                                                  even_corpus) -> None:
+    trainer, recipe, processor = make_trainer(tmp_path, tiny_model_dir, even_corpus, claim=True, max_steps=3,
+                                              eval_steps=1, save_total_limit=2)
+    first = train(trainer)
+    trainer.claim.release()
+    out = Path(recipe.output_dir)
+    best = Path(trainer.state.best_model_checkpoint).name
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert kept == sorted({best, "checkpoint-3"} | ({"checkpoint-2"} if best == "checkpoint-3" else set()))
+    assert all((c / MARK_FILE).is_file() for c in out.glob("checkpoint-*"))
+    remove_dir(out / "checkpoint-3")  # as if killed before step 3's checkpoint was complete
+    trainer, recipe, _ = make_trainer(tmp_path, tiny_model_dir, even_corpus, claim=True, max_steps=3,
+                                      eval_steps=1, save_total_limit=2, resume="auto")
+    assert trainer.claim.resume == str(max(out.glob("checkpoint-*")))
+    resumed = train(trainer)
+    trainer.claim.release()
+    assert resumed["global_step"] == 3 and resumed["sessions"] == 2
+    assert resumed["train_runtime"] > trainer.claim.prior_seconds > 0
+    assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=0.05)  # the whole run, not 1 step
     adapter = save_adapter(trainer, processor, recipe.output_dir)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.parent.glob(".adapter.tmp-*"))
