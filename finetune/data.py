@@ -409,9 +409,15 @@ def check_test_losses(counts: list[SourceCount], max_share: float) -> None:
     over = [c for c in counts if c.split == "test" and c.rows and (c.rows - c.kept) / c.rows > max_share]
     if over:
         raise RecipeError("data", [f"test set {c.source!r} lost {c.rows - c.kept} of {c.rows} rows, more than "
-                                   f"data.max_test_dropped={max_share:g} allows (reasons: {c.dropped}; each row in "
-                                   f"dropped_rows.jsonl or the data table). Fix those files, or allow it with "
-                                   f"data.max_test_dropped=1" for c in over])
+                                   f"data.max_test_dropped={max_share:g} allows: {lost_rows(c)}. Fix those files, or "
+                                   f"allow it with data.max_test_dropped=1" for c in over])
+
+
+def lost_rows(count: SourceCount, most: int = 5) -> str:
+    """'a.wav (missing audio file), ...': the first dropped rows of a source, by audio path and reason."""
+    shown = [f"{Path(str(r['audio'])).name} ({r['reason']})" for r in count.dropped_rows[:most]]
+    more = len(count.dropped_rows) - most
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 class WaveformAugment:

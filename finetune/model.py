@@ -23,6 +23,9 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch
 
 def _local_error(cfg: ModelConfig, err: Exception) -> RecipeError:
     path = Path(cfg.name).expanduser().resolve()
+    if path.is_file():
+        return RecipeError("model", [f"model.name: {str(path)!r} is a file; give the model's directory (config.json, "
+                                     f"weights, tokenizer and preprocessor files) or a Hub id"])
     if not path.is_dir():
         return RecipeError("model", [f"model.name: directory {str(path)!r} does not exist"])
     return RecipeError("model", [f"model.name: {str(path)!r} is not a Whisper checkpoint in transformers format "
