@@ -8,6 +8,7 @@ files of the same name.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -84,3 +85,13 @@ class OutputLock:
             return json.loads(data) if data.strip() else {}
         except (OSError, ValueError):
             return {"pid": "?", "host": "?", "command": "unreadable lock record"}
+
+
+def hold_lock(directory: str | Path) -> OutputLock:
+    """Create `directory` if needed and lock it until this process exits (raises LockBusy when another run holds
+    it)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(directory)
+    lock.acquire()
+    atexit.register(lock.release)
+    return lock

@@ -8,7 +8,6 @@ and decides; every rank receives the decision.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ import yaml
 
 from finetune.checkpoints import (MARK_FILE, RUN_OUTPUTS, clean_leftovers, complete_checkpoints, read_mark,
                                   remove_outputs)
-from finetune.lock import LockBusy, OutputLock
+from finetune.lock import LockBusy, OutputLock, hold_lock
 from finetune.outputs import is_main_process, log
 from finetune.recipe import Recipe, RecipeError
 
@@ -164,10 +163,7 @@ def share_from_main(value: Any) -> Any:
 
 def _claim(recipe: Recipe, overwrite: bool) -> Claim:
     out = Path(recipe.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = OutputLock(out)
-    lock.acquire()
-    atexit.register(lock.release)
+    lock = hold_lock(out)
     identity = training_identity(recipe)
     claim = Claim(str(out), None, identity, fingerprint(identity), lock=lock)
     try:

@@ -22,7 +22,6 @@ model.attn_implementation; `section.key=value` overrides work as in finetune/run
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import sys
@@ -36,7 +35,7 @@ from peft import PeftModel  # noqa: E402
 
 from finetune.adapter_scale import adapter_strength, bake_scale, baked_scale  # noqa: E402
 from finetune.data import first_rows, load_data, load_test_sets  # noqa: E402
-from finetune.lock import LockBusy, OutputLock  # noqa: E402
+from finetune.lock import LockBusy, hold_lock  # noqa: E402
 from finetune.merge import MERGED_DIR, merge_adapter  # noqa: E402
 from finetune.metrics import normalizer_for  # noqa: E402
 from finetune.model import load_adapter, load_model, load_processor, precision_context, set_decoding  # noqa: E402
@@ -71,14 +70,6 @@ def tuned_model(recipe, model: str | None, adapter: str | None):
         raise RecipeError("evaluate", [p.replace("model.name", "--model", 1) for p in err.problems]) from None
     set_decoding(loaded, recipe.eval)
     return loaded, model
-
-
-def lock_reports(directory: str) -> None:
-    """Hold the directory's run lock while writing reports into it (a run training there would overwrite them)."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    lock = OutputLock(directory)
-    lock.acquire()
-    atexit.register(lock.release)
 
 
 def trainer_state(output_dir: str) -> dict:
@@ -133,7 +124,7 @@ def main() -> int:
                      "into its output_dir: --model, --sets, --no-baseline and --output do not apply")
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        lock_reports(args.output or recipe.output_dir)
+        hold_lock(args.output or recipe.output_dir)  # a run training there would overwrite the reports
         if args.choose_strength:
             report = choose_strength(recipe, args.adapter)
             log.info("Done. %s", final_line(report))
