@@ -24,13 +24,14 @@ from datasets import (Array2D, Audio, Dataset, Features, IterableDataset, List, 
 
 from finetune.hub import hub_problem
 from finetune.outputs import log, write_text
-from finetune.recipe import (MAX_AUDIO_SECONDS, AugmentConfig, DataConfig, RecipeError, Source, TextNormalization,
-                             whisper_languages)
+from finetune.packing import TrainingWindows, longest_stretch
+from finetune.recipe import (MAX_AUDIO_SECONDS, SAMPLE_RATE, AugmentConfig, DataConfig, RecipeError, Source,
+                             TextNormalization, whisper_languages)
 
-SAMPLE_RATE = 16_000  # Hz: what Whisper's feature extractor expects
 PREP_VERSION = "2"  # bump when prepare_row changes, so cached results are not reused
 KEEP = ""  # drop reason of a row that is kept
 FEATURE_WRITER_BATCH = 64  # rows per Arrow write when storing features (~1 MB each): bounds RAM
+WAVEFORM_WRITER_BATCH = 100  # rows per Arrow write when storing waveforms (64 kB per second of audio)
 
 
 @dataclass
@@ -49,7 +50,7 @@ class SourceCount:
 
 @dataclass
 class PreparedData:
-    train: Dataset | IterableDataset
+    train: Dataset | IterableDataset | TrainingWindows
     eval: Dataset
     test: dict[str, Dataset]
     counts: list[SourceCount]
@@ -280,7 +281,8 @@ def prepare_source(src: Source, split: str, processor: Any, cfg: DataConfig,
     prepared = raw.map(
         prepare, **options, num_proc=cfg.num_proc, new_fingerprint=_fingerprint(raw, processor, cfg, language,
                                                                                  store_features, src.pseudo_label),
-        writer_batch_size=FEATURE_WRITER_BATCH if store_features else 1000, desc=f"Preparing {split} {src.label}",
+        writer_batch_size=FEATURE_WRITER_BATCH if store_features else WAVEFORM_WRITER_BATCH,
+        desc=f"Preparing {split} {src.label}",
     )
     reasons = prepared["drop"]
     dropped_at = [i for i, reason in enumerate(reasons) if reason != KEEP]
@@ -333,7 +335,8 @@ def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = N
     train (finetune/replay.py); `labeler` transcribes those with `pseudo_label: true`.
     """
     augment = augment or AugmentConfig()
-    train_features = cfg.cache_features and not augment.on_waveform
+    # Windows concatenate clips' waveforms, so their train rows keep the audio (at its own length, not 30 s).
+    train_features = cfg.cache_features and not augment.on_waveform and cfg.windows.mode == "none"
     with main_process_first():
         train, train_counts = prepare_split(cfg.train, "train", processor, cfg, train_features, seed)
         replay, replay_counts = prepare_replay(cfg, processor, train_features, labeler)
@@ -348,6 +351,11 @@ def load_data(cfg: DataConfig, processor: Any, augment: AugmentConfig | None = N
     if augment.on_waveform:
         perturb = WaveformAugment(augment)
         train = train.map(perturb) if isinstance(train, IterableDataset) else train.with_transform(perturb.batch)
+    if cfg.windows.mode != "none":
+        train = TrainingWindows(train, processor.tokenizer, cfg.windows, processor.tokenizer.task or "transcribe",
+                                seed, longest_stretch(augment.speed_prob, augment.speed_range))
+        log.info("Training windows (%s): %d clips in %d windows this epoch, %.1f s of speech per window",
+                 cfg.windows.mode, len(train.durations), len(train), train.speech_seconds())
     return PreparedData(train=train, eval=evaluation, test=test, counts=counts)
 
 

@@ -85,6 +85,21 @@ def precision_context(device_type: str, precision: str) -> ContextManager:
     return torch.autocast(device_type, dtype=PRECISION_DTYPES[precision])
 
 
+@contextlib.contextmanager
+def eager_attention(model: torch.nn.Module):
+    """Attention weights for the duration (word timestamps and alignment pictures read the cross-attention):
+    the fused sdpa/flash kernels never materialise them, so the plain implementation runs meanwhile."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    before = base.config._attn_implementation
+    if before != "eager":
+        base.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        if before != "eager":
+            base.set_attn_implementation(before)
+
+
 def set_language(model: WhisperForConditionalGeneration, language: str, task: str) -> None:
     """Language and task live on the generation config: generate() and pipeline() then need no arguments."""
     model.generation_config.language = language

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_TARGET_POSITIONS = 448
 PROMPT_TOKENS = 4
 MAX_AUDIO_SECONDS = 30.0  # Whisper's encoder sees at most 30 s (3000 mel frames)
+SAMPLE_RATE = 16_000  # Hz: what Whisper's feature extractor expects
 
 
 class RecipeError(ValueError):
@@ -110,6 +111,9 @@ class Source(Section):
                                                "(train only; needs train.max_steps)")
     probability: float | None = Field(None, gt=0.0, le=1.0, description="share of this source when "
                                                                         "data.mixing is interleave")
+    long_form_s: float | None = Field(None, ge=30.0, le=3600.0, description="test sets only: also score the set "
+                                      "long-form, its clips joined in order into files of about this many seconds "
+                                      "(WER and segment-boundary error, finetune/longform.py)")
     guard: bool = Field(False, description="test sets only: another domain or language whose WER must not rise "
                                            "by more than eval.guard_threshold points")
     pseudo_label: bool = Field(False, description="replay sources only: no transcripts needed; the base model "
@@ -155,6 +159,29 @@ class TextNormalization(Section):
     unicode_nfc: bool = Field(False, description="compose accents (e + U+0301 -> é) so one spelling has one form")
 
 
+class WindowConfig(Section):
+    """How training clips become Whisper's 30-s training windows (finetune/packing.py).
+
+    none: one clip per window, labels <|notimestamps|> + text (the classic recipe; eval features can be cached and
+    the frozen-encoder fast path applies). single: one clip per window, labelled with timestamps and prompts as
+    below. packed: clips of one language packed into each window, so the encoder reads speech instead of padding
+    (measured here: README "Packed training windows").
+    """
+
+    mode: Literal["auto", "none", "single", "packed"] = "none"
+    max_window_s: float = Field(MAX_AUDIO_SECONDS, gt=0.0, le=MAX_AUDIO_SECONDS, description="audio per window, s")
+    gap_s: float = Field(0.0, ge=0.0, le=2.0, description="silence inserted between packed clips, s")
+    timestamp_probability: float = Field(0.5, ge=0.0, le=1.0, description="share of windows labelled with "
+                                         "segment timestamps (the rest: <|notimestamps|> and the texts joined)")
+    prompt_probability: float = Field(0.2, ge=0.0, le=1.0, description="share of windows that start with "
+                                      "<|startofprev|> and the previous window's text (not in the loss)")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        return "none" if v is False or v is None else v  # YAML reads `off`/`no` as false
+
+
 class DataConfig(Section):
     train: list[Source] = Field(min_length=1)
     eval: list[Source] = Field(min_length=1, description="scored during training; picks the best adapter")
@@ -167,10 +194,13 @@ class DataConfig(Section):
     normalize: TextNormalization = Field(default_factory=TextNormalization)
     drop_silence: bool = Field(False, description="drop clips whose loudness stays below silence_threshold_db")
     silence_threshold_db: float = Field(-50.0, lt=0.0, description="RMS level in dBFS under which a clip is silent")
-    cache_features: bool = Field(True, description="compute log-mel features once and keep them in the datasets "
-                                                   "cache (~1 MB a clip); false = from the waveform every step")
+    # Stored audio grows with the clip (64 kB per second as float32); a cached 30-s log-mel is ~1 MB per clip
+    # whatever its length, and computing log-mel per batch costs milliseconds against a training step's seconds.
+    cache_features: bool = Field(False, description="keep 30-s log-mel features in the datasets cache (~1 MB a clip) "
+                                                    "instead of the waveform (features computed per batch)")
     # Replay: clips of other languages or domains mixed into every epoch, so training keeps what the base model
     # did there (less forgetting). A replay source with `pseudo_label: true` needs no transcripts.
+    windows: WindowConfig = Field(default_factory=WindowConfig)
     replay: list[Source] = Field(default_factory=list, description="other languages/domains mixed into training")
     replay_ratio: float = Field(0.25, gt=0.0, le=4.0, description="replay clips per in-domain training clip "
                                                                   "(drawn with the seed; repeated if too few)")
@@ -190,6 +220,9 @@ class DataConfig(Section):
         guards = [s.label for s in self.train + self.eval + self.replay if s.guard]
         if guards:
             raise ValueError(f"sources {guards} are marked guard: only test sets are guards")
+        long_form = [s.label for s in self.train + self.eval + self.replay if s.long_form_s]
+        if long_form:
+            raise ValueError(f"sources {long_form} set long_form_s: only test sets are scored long-form")
         pseudo = [s.label for s in self.train + self.eval + self.test if s.pseudo_label]
         if pseudo:
             raise ValueError(f"sources {pseudo} ask for pseudo_label: only data.replay sources may (train, eval "
@@ -198,6 +231,9 @@ class DataConfig(Section):
         if silent:
             raise ValueError(f"replay sources {silent} are pseudo-labelled: set `language:` (or `language_column:`), "
                              "the language the base model transcribes it in")
+        if self.windows.mode != "none" and any(s.streaming for s in self.train):
+            raise ValueError(f"data.windows.mode={self.windows.mode} plans windows over the whole training set, "
+                             "which needs non-streamed train sources (or data.windows.mode=none)")
         if self.replay and any(s.streaming for s in self.train + self.replay):
             raise ValueError("data.replay is mixed in by count, which needs non-streamed train and replay sources")
         streamed = [s.label for s in self.eval + self.test if s.streaming]
@@ -392,6 +428,21 @@ class Recipe(Section):
     output_dir: str = Field(description="where checkpoints, the adapter, the merged model and reports go")
 
     @model_validator(mode="after")
+    def _resolve_windows(self) -> Recipe:
+        if self.data.windows.mode == "auto":  # resolved once here, so saved recipes and logs show what ran
+            self.data.windows.mode = self.auto_windows()
+        return self
+
+    def auto_windows(self) -> str:
+        """data.windows.mode=auto: packed whenever the encoder runs at every step anyway; none where the
+        frozen-encoder cache applies (a cached step skips the encoder: faster still) or a train source streams."""
+        if any(s.streaming for s in self.data.train):
+            return "none"
+        if self.train.cache_encoder is not False and not self.encoder_cache_blockers():
+            return "none"
+        return "packed"
+
+    @model_validator(mode="after")
     def _streaming_needs_steps(self) -> Recipe:
         if any(s.streaming for s in self.data.train) and self.train.max_steps <= 0:
             raise ValueError("train: a streamed train source has no known length: set train.max_steps")
@@ -411,6 +462,8 @@ class Recipe(Section):
             blockers.append("augment.speed_prob/noise_prob change the audio at every step")
         if any(s.streaming for s in self.data.train):
             blockers.append("a streamed train source cannot be cached")
+        if self.data.windows.mode in ("single", "packed"):
+            blockers.append(f"data.windows.mode={self.data.windows.mode} builds new windows every epoch")
         return blockers
 
     @property

@@ -33,6 +33,7 @@ import torch
 
 from finetune.adapter_scale import scaled
 from finetune.data import PreparedData, SourceCount, counts_table, test_loss_lines
+from finetune.longform import LONG_FORM_NOTE, long_form_table
 from finetune.metrics import normalizer_for, sclite_listing, top_errors
 from finetune.model import precision_context
 from finetune.outputs import log, write_json, write_text
@@ -186,6 +187,11 @@ def warning_lines(report: dict[str, Any]) -> list[str]:
     return test_loss_lines([SourceCount(**c) for c in report.get("data") or []])
 
 
+def long_form_lines(report: dict[str, Any]) -> list[str]:
+    table = long_form_table(report)
+    return [] if table is None else [f"## Long-form\n\n{LONG_FORM_NOTE}", table]
+
+
 def markdown(report: dict[str, Any]) -> str:
     training = report["training"] or {}
     parts = ["# Evaluation report", *warning_lines(report), *regression_lines(report),
@@ -193,7 +199,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"unless the set says otherwise); `_ortho`: as written; the WER interval is a bootstrap over "
              f"utterances. S/D/I: word substitutions, deletions, insertions. `repeated_ngram_rate`, "
              f"`max_length_rate`: hallucination signals. `real_time_factor`: generation seconds per audio second.",
-             summary_table(report), *strength_lines(report)]
+             summary_table(report), *strength_lines(report), *long_form_lines(report)]
     for name, entry in report["sets"].items():
         parts.append(f"## {name}")
         buckets = entry["fine_tuned"]["wer_by_duration"]

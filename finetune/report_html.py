@@ -13,6 +13,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
+from finetune.longform import LONG_FORM_HEADER, LONG_FORM_NOTE, long_form_rows
 from finetune.report_plots import MODEL_STYLE, figures
 
 # per-set metrics and their column headers (short, so the table fits the page)
@@ -158,6 +159,24 @@ def set_section(name: str, entry: dict[str, Any], audio: list[str]) -> str:
     return "\n".join(parts)
 
 
+def long_form_section(report: dict[str, Any]) -> str:
+    rows = long_form_rows(report)
+    if not rows:
+        return ""
+    cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    header = "".join(f"<th>{esc(h)}</th>" for h in LONG_FORM_HEADER)
+    return f"<h2>Long-form</h2><p class=\"muted\">{esc(LONG_FORM_NOTE)}</p><table><tr>{header}</tr>{cells}</table>"
+
+
+def alignment_section(images: dict[str, str]) -> str:
+    pictures = "".join(figure for key, figure in images.items() if key.startswith("alignment:"))
+    if not pictures:
+        return ""
+    return ('<h2>Alignment</h2><p class="muted">Where the alignment heads (the cross-attention word timestamps '
+            "read) look in the audio for each output token: a clean diagonal band keeps timestamps right.</p>"
+            + pictures)
+
+
 def html_page(report: dict[str, Any], flags: list[str], audio: dict[str, list[str]],
               warnings: list[str] | None = None) -> str:
     """The whole page. `flags`: the guard-set lines; `audio`: each set's audio file paths, by utterance id;
@@ -184,6 +203,8 @@ significantly.</p>
 <h2>Summary</h2>{summary(report)}
 {images['sets']}{images.get('training', '')}
 {strength_section(report, images.get('strength', ''))}
+{long_form_section(report)}
+{alignment_section(images)}
 {legend}
 {sets}
 <h2>WER by clip duration</h2>{images['duration']}

@@ -110,6 +110,21 @@ def strength_curve(strength: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def alignment_picture(picture: dict[str, Any]) -> bytes:
+    """Tokens (rows) against audio time (columns): the alignment heads' standardised cross-attention."""
+    import numpy as np
+
+    weights = np.asarray(picture["weights"], dtype=float)
+    seconds = weights.shape[1] * picture["frame_s"]
+    fig, ax = _pyplot().subplots(figsize=(7, 0.8 + 0.18 * len(picture["tokens"])))
+    ax.imshow(weights, aspect="auto", cmap="viridis", extent=(0, seconds, len(picture["tokens"]) - 0.5, -0.5),
+              interpolation="nearest")
+    ax.set_yticks(range(len(picture["tokens"])))
+    ax.set_yticklabels([t.strip() or "·" for t in picture["tokens"]], fontsize=7)
+    ax.set_xlabel("audio (s)")
+    return _png(fig)
+
+
 def figures(report: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     """key -> (caption, PNG) for every figure the report has data for."""
     out = {"sets": ("Zero-shot vs fine-tuned WER per set (bars: bootstrap interval)", wer_per_set(report)),
@@ -121,4 +136,9 @@ def figures(report: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     if strength and strength.get("mode") == "auto":
         out["strength"] = ("WER against adapter strength (in-domain solid, guard sets dashed)",
                            strength_curve(strength))
+    for name, entry in report["sets"].items():
+        for picture in entry.get("alignment", []):
+            out[f"alignment:{name}:{picture['utterance']}"] = (
+                f"{name}, utterance #{picture['utterance']}: alignment heads' cross-attention (fine-tuned)",
+                alignment_picture(picture))
     return out

@@ -13,6 +13,8 @@ from typing import Any, ContextManager
 import torch
 from datasets import Dataset
 
+from finetune.alignment import alignment_maps
+from finetune.longform import score_long_form
 from finetune.metrics import analyse, normalizer_for
 from finetune.model import transcribe_dataset
 from finetune.outputs import log
@@ -67,7 +69,14 @@ def score_sets(models: dict[str, ModelFactory], processor: Any, test: dict[str, 
             else:
                 with factory() as model:
                     entry[model_name] = evaluate_model(model, processor, dataset, cfg, normalize)
+                    if src and src.long_form_s:
+                        entry[model_name]["long_form"] = score_long_form(model, processor, dataset, src.long_form_s,
+                                                                         src.language or language, normalize)
             log.info("%s, %s: WER %.2f, CER %.2f, %.2f clips/s", name, model_name, entry[model_name]["wer"],
                      entry[model_name]["cer"], entry[model_name]["clips_per_second"])
+        if not sets and "fine_tuned" in models:  # the first set: a few alignment pictures of the tuned model
+            with models["fine_tuned"]() as model:
+                entry["alignment"] = alignment_maps(model, processor, dataset, (src.language if src else None)
+                                                    or language)
         sets[name] = entry
     return sets

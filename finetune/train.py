@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from finetune.data import PreparedData
 from finetune.metrics import compute_metrics_fn
 from finetune.model import precision_context
 from finetune.outputs import atomic_dir, log
+from finetune.packing import TrainingWindows
 from finetune.recipe import Recipe
 from finetune.run_dir import Claim
 
@@ -127,9 +129,20 @@ class Progress(TrainerCallback):
         self.claim.step = state.global_step
 
 
+class WindowEpochs(TrainerCallback):
+    """Redraws the training windows for each epoch. accelerate forwards the epoch to the dataset only when the
+    sampler takes none (one process), so under DDP this is what moves the plan on; both give the same epoch."""
+
+    def __init__(self, windows: Any) -> None:
+        self.windows = windows
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.windows.set_epoch(math.floor((state.epoch or 0.0) + 1e-4))  # epoch counts in floats (1.5 = mid-way)
+
+
 def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedData,
                   args: Seq2SeqTrainingArguments, claim: Claim | None = None) -> WhisperTrainer:
-    return WhisperTrainer(
+    trainer = WhisperTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -141,6 +154,9 @@ def build_trainer(recipe: Recipe, model: PeftModel, processor, data: PreparedDat
         claim=claim,
         keep=recipe.train.save_total_limit,
     )
+    if isinstance(data.train, TrainingWindows):
+        trainer.add_callback(WindowEpochs(data.train))
+    return trainer
 
 
 def train(trainer: WhisperTrainer) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Several files decode together: each generate() step runs one 30 s window of ever
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.data import SAMPLE_RATE
-from finetune.recipe import ModelConfig
+from finetune.model import eager_attention
+from finetune.recipe import SAMPLE_RATE, ModelConfig
 
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 WINDOW_FRAMES = 3000  # one 30 s window
@@ -39,6 +40,8 @@ class DecodeOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     condition_on_previous_text: bool = False
+    initial_prompt: str | None = None  # text the first window is prompted with (spellings, names, style)
+    word_timestamps: bool = False  # per-word times from the cross-attention alignment heads
     max_new_tokens: int | None = 224  # per 30 s window: openai-whisper's limit (half the text context)
 
     @classmethod
@@ -141,9 +144,35 @@ def _segment(processor: WhisperProcessor, raw: dict[str, Any], index: int, durat
     tokens = [int(t) for t in raw["tokens"].tolist() if int(t) < processor.tokenizer.eos_token_id]
     start = min(max(float(raw["start"]), 0.0), duration)
     end = min(max(float(raw["end"]), start), duration)
-    return {"id": index, "seek": int(round(start * FRAMES_PER_SECOND)), "start": round(start, 3),
-            "end": round(end, 3), "text": processor.tokenizer.decode(tokens, skip_special_tokens=True),
-            "tokens": tokens}
+    segment = {"id": index, "seek": int(round(start * FRAMES_PER_SECOND)), "start": round(start, 3),
+               "end": round(end, 3), "text": processor.tokenizer.decode(tokens, skip_special_tokens=True),
+               "tokens": tokens}
+    if "token_timestamps" in raw:
+        segment["words"] = words(processor, raw["tokens"].tolist(), raw["token_timestamps"].tolist(), start, end)
+    return segment
+
+
+def words(processor: WhisperProcessor, tokens: list[int], times: list[float], start: float,
+          end: float) -> list[dict[str, Any]]:
+    """openai-whisper's word list [{"word", "start", "end"}] from a segment's tokens and their alignment times:
+    a token starts at its own time and lasts until the next token's; a word is the tokens from one that begins
+    with a space (or the first) to the next such, decoded together (a character may span tokens); times clamped
+    to the segment."""
+    eos = processor.tokenizer.eos_token_id
+    groups: list[dict[str, Any]] = []
+    for token, begin, finish in zip(tokens, times, [*times[1:], end]):
+        if token >= eos:  # timestamps and specials carry no word
+            continue
+        if not groups or processor.tokenizer.decode([token])[:1].isspace():
+            groups.append({"tokens": [], "start": begin})
+        groups[-1]["tokens"].append(token)
+        groups[-1]["end"] = finish
+    found = []
+    for group in groups:
+        first = round(min(max(float(group["start"]), start), end), 3)
+        found.append({"word": processor.tokenizer.decode(group["tokens"]), "start": first,
+                      "end": round(min(max(float(group["end"]), first), end), 3)})
+    return [w for w in found if w["word"].strip()]
 
 
 def to_result(processor: WhisperProcessor, segments: list[dict[str, Any]], language: str,
@@ -172,13 +201,12 @@ def transcribe_batch(model: WhisperForConditionalGeneration, processor: WhisperP
     features, mask = log_mel(processor, waveforms)
     languages = [options.language] * len(waveforms) if options.language else detect_languages(model, processor,
                                                                                                 features)
-    temperatures = options.temperatures if len(options.temperatures) > 1 else options.temperatures[0]
     monitor = None
     if on_progress is not None:
         def monitor(seek_and_total: torch.Tensor) -> None:
             frames = torch.minimum(seek_and_total[:, 0], seek_and_total[:, 1]).sum()
             on_progress(float(frames) / FRAMES_PER_SECOND)
-    out = model.generate(
+    generate_kwargs = dict(
         input_features=features.to(parameter.device, parameter.dtype),
         attention_mask=mask.to(parameter.device),
         language=languages[0] if len(set(languages)) == 1 else languages,
@@ -186,17 +214,32 @@ def transcribe_batch(model: WhisperForConditionalGeneration, processor: WhisperP
         return_timestamps=True,
         return_segments=True,
         num_beams=options.beam_size,
-        temperature=temperatures,
+        temperature=options.temperatures if len(options.temperatures) > 1 else options.temperatures[0],
         compression_ratio_threshold=options.compression_ratio_threshold,
         logprob_threshold=options.logprob_threshold,
         no_speech_threshold=options.no_speech_threshold,
         condition_on_prev_tokens=options.condition_on_previous_text,
         max_new_tokens=options.max_new_tokens,
         monitor_progress=monitor,
+        **prompt_and_words(processor, options, parameter.device),
     )
+    with eager_attention(model) if options.word_timestamps else contextlib.nullcontext():
+        out = model.generate(**generate_kwargs)
     durations = [len(w) / SAMPLE_RATE for w in waveforms]
     return [to_result(processor, segments, language, duration)
             for segments, language, duration in zip(out["segments"], languages, durations)]
+
+
+def prompt_and_words(processor: WhisperProcessor, options: DecodeOptions, device: torch.device) -> dict[str, Any]:
+    """generate() arguments for --initial_prompt (the first window reads it after <|startofprev|>, as the whisper
+    CLI does; later windows read the previous text instead when conditioning is on) and --word_timestamps."""
+    extra: dict[str, Any] = {}
+    if options.initial_prompt:
+        extra["prompt_ids"] = processor.get_prompt_ids(options.initial_prompt, return_tensors="pt").to(device)
+        extra["prompt_condition_type"] = "first-segment"
+    if options.word_timestamps:
+        extra["return_token_timestamps"] = True
+    return extra
 
 
 def batches_by_length(durations: list[float], batch_size: int) -> list[list[int]]:

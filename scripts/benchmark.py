@@ -12,8 +12,10 @@ Trains `--steps` optimizer steps (no evaluation, no checkpoints, outputs in a te
 on the first `--eval-clips` eval clips. The first step is reported apart (warm-up); rates use the steps after it.
 FLOPs per step are counted by torch's FlopCounterMode on one extra forward + backward of a training batch, and set
 against a matmul peak measured on the spot. `--compare` runs the recipe under every variant (fp32/bf16 x full
-encoder+decoder LoRA / decoder-only LoRA on cached encoder outputs x activation checkpointing off/on), each in its
-own process (so each peak memory is its own), and writes benchmark.json + benchmark.md. Numbers are for the machine
+encoder+decoder LoRA / decoder-only LoRA on cached encoder outputs x activation checkpointing off/on, and full LoRA on
+packed 30-s windows), each in its own process (so each peak memory is its own), and writes benchmark.json +
+benchmark.md. Speed is given per sample and per second of speech trained (padding excluded): a packed window
+carries several clips. Numbers are for the machine
 they ran on: the JSON records threads, world size, device and load with them.
 """
 
@@ -43,6 +45,7 @@ from finetune.data import SAMPLE_RATE, load_data  # noqa: E402
 from finetune.encoder_cache import cache_encoder_outputs  # noqa: E402
 from finetune.model import (PRECISION_DTYPES, add_lora, count_parameters, load_model, load_processor,  # noqa: E402
                             precision_context, set_decoding)
+from finetune.packing import TrainingWindows  # noqa: E402
 from finetune.outputs import is_main_process, package_versions, setup_logging, write_json, write_text  # noqa: E402
 from finetune.recipe import RecipeError, load_recipe  # noqa: E402
 from finetune.train import build_trainer, training_arguments  # noqa: E402
@@ -116,13 +119,14 @@ def benchmark_preparation(args: argparse.Namespace, workdir: str) -> dict:
     data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed)
     seconds = time.perf_counter() - start
     rows = sum(c.rows for c in data.counts)
+    cache_gb = sum(f.stat().st_size for f in (Path(workdir) / "datasets-cache").rglob("*") if f.is_file()) / 1024**3
+    hours = sum(c.hours for c in data.counts)
     return {
         "recipe": args.recipe, "overrides": args.overrides, "mode": "prepare-only", "rows": rows,
         "kept": sum(c.kept for c in data.counts), "seconds": seconds, "rows_per_s": rows / seconds,
-        "audio_hours": sum(c.hours for c in data.counts), "cache_features": recipe.data.cache_features,
+        "audio_hours": hours, "cache_features": recipe.data.cache_features,
         "num_proc": recipe.data.num_proc, "peak_rss_gb_before": rss_before, "memory": peak_memory(),
-        "cache_gb": sum(f.stat().st_size for f in (Path(workdir) / "datasets-cache").rglob("*") if f.is_file())
-        / 1024**3,
+        "cache_gb": cache_gb, "cache_mb_per_audio_hour": 1024 * cache_gb / hours if hours else None,
         "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(), "versions": package_versions(),
     }
 
@@ -153,7 +157,9 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
         training_args.world_size
     steady = timer.times[1:] or timer.times
     step_s = statistics.median(steady)
-    mean_clip_s = float(sum(data.train["duration"])) / len(data.train)
+    # Seconds of speech one sample carries: a clip's mean length, or a packed window's (padding excluded).
+    speech_per_sample = data.train.speech_seconds() if isinstance(data.train, TrainingWindows) else \
+        float(sum(data.train["duration"])) / len(data.train)
 
     eval_set = data.eval.select(range(min(args.eval_clips, len(data.eval))))
     start = time.perf_counter()
@@ -175,14 +181,15 @@ def benchmark(args: argparse.Namespace, workdir: str) -> dict:
         "gradient_checkpointing": recipe.train.gradient_checkpointing,
         "path": "decoder-only, cached encoder outputs" if recipe.uses_encoder_cache() else
                 "full encoder+decoder LoRA" if recipe.lora.encoder else "decoder-only LoRA, encoder run every step",
-        "encoder_cache_s": encoder_cache_s, "train_rows": len(data.train),
+        "windows": recipe.data.windows.mode, "encoder_cache_s": encoder_cache_s, "train_samples": len(data.train),
         "trainable_parameters": trainable, "total_parameters": total,
         "train": {
             "steps": steps, "clips_per_step": clips_per_step, "first_step_s": timer.times[0],
             "median_step_s": step_s, "s_per_sample": step_s / clips_per_step,
             "samples_per_s": clips_per_step / step_s,
-            "audio_seconds_per_s": clips_per_step * mean_clip_s / step_s,  # mean clip length x clips per second
-            "mean_clip_s": mean_clip_s, "step_times_s": timer.times,
+            "speech_seconds_per_s": clips_per_step * speech_per_sample / step_s,
+            "seconds_per_speech_hour": 3600 * step_s / (clips_per_step * speech_per_sample),
+            "speech_seconds_per_sample": speech_per_sample, "step_times_s": timer.times,
             "flops_per_sample": flops / per_process_batch, "achieved_gflops": achieved,
             "matmul_peak_gflops": peak, "share_of_peak": achieved / peak,
         },
@@ -197,8 +204,13 @@ PATHS = {"full": ["lora.encoder=true", "train.cache_encoder=false"],
          "cached": ["lora.encoder=false", "train.cache_encoder=true"]}
 PRECISIONS = {"fp32": ["train.bf16=false", "train.fp16=false"], "bf16": ["train.bf16=true", "train.fp16=false"]}
 VARIANTS = {f"{precision}-{path}{'-ckpt' if ckpt else ''}":
-            [*PRECISIONS[precision], *PATHS[path], f"train.gradient_checkpointing={str(ckpt).lower()}"]
+            [*PRECISIONS[precision], *PATHS[path], f"train.gradient_checkpointing={str(ckpt).lower()}",
+             "data.windows.mode=none"]
             for path, precision, ckpt in itertools.product(PATHS, PRECISIONS, (False, True))}
+# Packed 30-s windows (finetune/packing.py): the encoder reads speech instead of padding.
+VARIANTS.update({f"{precision}-full-packed": [*PRECISIONS[precision], *PATHS["full"],
+                                              "train.gradient_checkpointing=false", "data.windows.mode=packed"]
+                 for precision in PRECISIONS})
 
 
 def train_rows_overrides(args: argparse.Namespace) -> list[str]:
@@ -243,21 +255,23 @@ def training_rss_gb(result: dict) -> float:
 
 def comparison_table(result: dict) -> str:
     """Markdown: one row per variant, speed-up against the first (fp32 full, unless --variants says otherwise)."""
-    lines = ["| variant | path | s/sample | samples/s | audio s/s | GFLOP/s | share of matmul peak | peak RSS "
-             "training GB | eval clips/s | speed-up |", "|" + "---|" * 10]
+    lines = ["| variant | path | s/sample | samples/s | speech s/s | s per speech hour | GFLOP/s | share of matmul "
+             "peak | peak RSS training GB | eval clips/s | speech s/s vs first |", "|" + "---|" * 11]
     ok = [r for r in result["variants"] if "train" in r]
-    first = ok[0]["train"]["s_per_sample"] if ok else None
+    first = ok[0]["train"]["speech_seconds_per_s"] if ok else None
     for r in result["variants"]:
         if "train" not in r:
-            lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 9)
             continue
         t = r["train"]
-        lines.append(f"| {r['variant']} | {r['path']} | {t['s_per_sample']:.3f} | {t['samples_per_s']:.2f} | "
-                     f"{t['audio_seconds_per_s']:.1f} | {t['achieved_gflops']:.0f} | "
+        path = r["path"] + (f", {r['windows']} windows" if r.get("windows", "none") != "none" else "")
+        lines.append(f"| {r['variant']} | {path} | {t['s_per_sample']:.3f} | {t['samples_per_s']:.2f} | "
+                     f"{t['speech_seconds_per_s']:.1f} | {t['seconds_per_speech_hour']:.0f} | "
+                     f"{t['achieved_gflops']:.0f} | "
                      f"{100 * t['share_of_peak']:.0f} % | "
                      f"{training_rss_gb(r):.2f} | "
                      f"{r['eval']['clips_per_s']:.2f} | "
-                     f"{first / t['s_per_sample']:.2f}x |")
+                     f"{t['speech_seconds_per_s'] / first:.2f}x |")
     peaks = result["matmul_peak_gflops"]
     return "\n".join(lines) + (f"\n\n{result['machine']}, {result['cpu_count']} CPUs, {result['device']}; matmul "
                                f"peak measured on the spot: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} "

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from finetune.recipe import RecipeError, language_code  # noqa: E402
 from finetune.transcription import (AudioError, DecodeOptions, batches_by_length, load_audio,  # noqa: E402
                                     load_for_inference, probe_duration, temperature_ladder, transcribe_batch)
-from finetune.writers import FORMATS, write_result  # noqa: E402
+from finetune.writers import FORMATS, SubtitleLayout, write_result  # noqa: E402
 
 
 def optional_float(value: str) -> float | None:
@@ -66,7 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "is below --logprob_threshold")
     p.add_argument("--condition_on_previous_text", action="store_true",
                    help="prompt each window with the previous one's text (openai-whisper's default; off here because "
-                        "fine-tuned adapters were trained without such prompts and loop more with them)")
+                        "models fine-tuned without prompts (data.windows.mode=none) loop more with them)")
+    p.add_argument("--initial_prompt", default=None,
+                   help="text the first window is prompted with: names, spellings, punctuation style (whisper CLI)")
+    p.add_argument("--word_timestamps", action="store_true",
+                   help="word times from the cross-attention alignment heads: `words` in the json output, and the "
+                        "line options below")
+    p.add_argument("--max_line_width", type=int, default=None,
+                   help="subtitles (vtt, srt): characters per line before a break; needs --word_timestamps")
+    p.add_argument("--max_line_count", type=int, default=None,
+                   help="subtitles: lines per cue; needs --max_line_width")
     p.add_argument("--batch_size", type=int, default=8,
                    help="files decoded together, window by window (their audio is held in memory meanwhile)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -74,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.beam_size < 1 or args.batch_size < 1:
         p.error("--beam_size and --batch_size must be at least 1")
+    if (args.max_line_width or args.max_line_count) and not args.word_timestamps:
+        p.error("--max_line_width/--max_line_count re-flow subtitles by word: add --word_timestamps")
+    if args.max_line_count and not args.max_line_width:
+        p.error("--max_line_count needs --max_line_width")
     if not 0.0 <= args.temperature <= 1.0:
         p.error(f"--temperature {args.temperature}: must be within [0, 1]")
     return args
@@ -84,7 +97,8 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         language=args.language, task=args.task, beam_size=args.beam_size,
         temperatures=temperature_ladder(args.temperature, args.temperature_increment_on_fallback),
         compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
-        no_speech_threshold=args.no_speech_threshold, condition_on_previous_text=args.condition_on_previous_text)
+        no_speech_threshold=args.no_speech_threshold, condition_on_previous_text=args.condition_on_previous_text,
+        initial_prompt=args.initial_prompt, word_timestamps=args.word_timestamps)
 
 
 def probe_inputs(paths: list[str]) -> tuple[dict[str, float], list[str]]:
@@ -136,7 +150,8 @@ def transcribe_all(model, processor, durations_by_path: dict[str, float], args: 
                     bar.write(f"error: {errors[-1]}")
             bar.update(round(done_before + batch_s, 1) - bar.n)
             for i, result in zip(batch, results):
-                written = write_result(result, paths[i], args.output_dir, args.output_format)
+                written = write_result(result, paths[i], args.output_dir, args.output_format,
+                                       SubtitleLayout(args.max_line_width, args.max_line_count))
                 bar.write(f"{paths[i]} [{result['language']}, {durations[i]:.1f} s, {len(result['segments'])} "
                           f"segments] -> {', '.join(str(w) for w in written)}")
                 if args.verbose:

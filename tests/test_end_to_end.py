@@ -49,8 +49,12 @@ def first_logged_step(output_dir: Path) -> dict:
 
 
 def test_full_run_writes_every_output(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+    """A packed-window run whose test set is also scored long-form."""
     out = tmp_path / "run"
-    done = run_cli(tiny_recipe(tiny_model_dir, corpus_dir, out), tmp_path)
+    recipe = tiny_recipe(tiny_model_dir, corpus_dir, out)
+    recipe["data"]["windows"] = {"mode": "packed"}
+    recipe["data"]["test"][0]["long_form_s"] = 30
+    done = run_cli(recipe, tmp_path)
     assert "Traceback" not in done.stderr
     for name in ["recipe.yaml", "environment.json", "dropped_rows.jsonl", "report.json", "report.md", "report.html",
                  "predictions.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -74,6 +78,12 @@ def test_full_run_writes_every_output(tmp_path: Path, tiny_model_dir: Path, corp
     generation = json.loads((out / "merged" / "generation_config.json").read_text())
     assert generation["language"] == "es" and generation["task"] == "transcribe"
     assert not list(out.glob(".*tmp*")), "a temporary directory was left behind"
+    long_form = tiny_test["fine_tuned"]["long_form"]  # 4 test clips of 1.0-1.3 s: one file, 3 boundaries
+    assert long_form["files"] == 1 and long_form["boundaries"] == 3 and tiny_test["zero_shot"]["long_form"]
+    assert "## Long-form" in (out / "report.md").read_text() and "<h2>Long-form</h2>" in \
+        (out / "report.html").read_text()
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["data"]["windows"]["mode"] == "packed"
+    assert "Training windows (packed): 8 clips in 1 windows" in done.stderr
 
 
 def test_merged_model_loads_in_a_plain_pipeline(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:

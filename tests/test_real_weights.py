@@ -25,6 +25,7 @@ def test_short_real_run_beats_zero_shot(tmp_path: Path) -> None:
     recipe["model"]["name"] = str(WHISPER_BASE)
     es_synth = {"path": str(ES_SYNTH)}
     recipe["data"] = {
+        "windows": recipe["data"]["windows"],  # the recipe's packed windows
         "train": [{**es_synth, "split": "train", "max_samples": 32}],
         "eval": [{**es_synth, "split": "validation", "max_samples": 8}],
         "test": [{**es_synth, "split": "test", "max_samples": 16, "name": "es-synth test[:16]"},

@@ -20,9 +20,10 @@ from conftest import ROOT, needs_shared
 from tiny import ES_SYNTH, WHISPER_BASE, tiny_processor, tone
 from finetune.export import ExportError, check_source, convert
 from finetune.metrics import normalizer_for, score
-from finetune.transcription import (AudioError, batches_by_length, load_audio, probe_duration,
-                                    temperature_ladder, to_result)
-from finetune.writers import WRITERS, format_timestamp, write_result
+from finetune.transcription import (AudioError, DecodeOptions, batches_by_length, load_audio, load_for_inference,
+                                    probe_duration, transcribe_batch,
+                                    temperature_ladder, to_result, words)
+from finetune.writers import WRITERS, SubtitleLayout, format_timestamp, write_result
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (scripts/setup.sh)")
 TRANSCRIBE = ROOT / "scripts" / "transcribe.py"
@@ -60,6 +61,65 @@ def test_writers_match_openai_whisper(fmt: str, tmp_path: Path) -> None:
     utils.get_writer(fmt, str(theirs))(RESULT, "/some/where/llamada.mp4")
     expected = (theirs / f"llamada.{fmt}").read_text(encoding="utf-8")
     assert (ours / f"llamada.{fmt}").read_text(encoding="utf-8") == expected
+
+
+def _word(word: str, start: float, end: float) -> dict:
+    return {"word": word, "start": start, "end": end}
+
+
+WORDED = {"text": "", "language": "es", "segments": [
+    {"id": 0, "seek": 0, "start": 0.0, "end": 3.0, "text": " Hola, ¿qué tal estás hoy?", "tokens": [1],
+     "words": [_word(" Hola,", 0.1, 0.5), _word(" ¿qué", 0.6, 0.9), _word(" tal", 0.9, 1.2),
+               _word(" estás", 1.3, 1.8), _word(" hoy?", 1.9, 2.6)]},
+    {"id": 1, "seek": 300, "start": 3.0, "end": 12.0, "text": " Muy bien, gracias por preguntar.", "tokens": [2],
+     "words": [_word(" Muy", 3.1, 3.3), _word(" bien,", 3.3, 3.7), _word(" gracias", 7.5, 8.0),
+               _word(" por", 8.0, 8.2), _word(" preguntar.", 8.2, 9.0)]},
+]}
+
+
+@pytest.mark.parametrize("width, count", [(None, None), (12, None), (12, 2), (8, 1), (40, 3)])
+@pytest.mark.parametrize("fmt", ["vtt", "srt"])
+def test_word_subtitle_layout_matches_openai_whisper(fmt: str, width, count, tmp_path: Path) -> None:
+    utils = openai_whisper_utils()
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    theirs.mkdir()
+    write_result(WORDED, "x/call.wav", ours, fmt, SubtitleLayout(width, count))
+    utils.get_writer(fmt, str(theirs))(WORDED, "x/call.wav", {"max_line_width": width, "max_line_count": count,
+                                                               "highlight_words": False})
+    assert (ours / f"call.{fmt}").read_text(encoding="utf-8") == (theirs / f"call.{fmt}").read_text(encoding="utf-8")
+
+
+def test_words_from_token_times() -> None:
+    processor = tiny_processor()
+    ids = processor.tokenizer.convert_tokens_to_ids
+    text = [ids(c) for c in " uno dos".replace(" ", "Ġ")]
+    tokens = [ids("<|1.00|>"), *text, ids("<|3.00|>")]
+    times = [1.0, 1.1, 1.2, 1.3, 1.4, 2.0, 2.2, 2.4, 2.6, 2.9]
+    assert words(processor, tokens, times, 1.0, 3.0) == [_word(" uno", 1.1, 2.0), _word(" dos", 2.0, 2.9)]
+
+
+def test_initial_prompt_and_word_timestamps_reach_generate(tiny_model_dir: Path) -> None:
+    model, processor = load_for_inference(str(tiny_model_dir), device="cpu")
+    model.generation_config.max_new_tokens = 12
+    options = DecodeOptions.greedy("es")
+    options.max_new_tokens = 12
+    plain = transcribe_batch(model, processor, [tone(40.0)], options)[0]
+    options.word_timestamps, options.initial_prompt = True, "Señora Pérez"
+    seen = {}
+    generate = model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return generate(*args, **kwargs)
+    model.generate = spy
+    worded = transcribe_batch(model, processor, [tone(40.0)], options)[0]
+    prompt = seen["prompt_ids"].tolist()
+    assert prompt[0] == processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    assert processor.tokenizer.decode(prompt[1:]) == " Señora Pérez" and seen["return_token_timestamps"]
+    assert "words" not in plain["segments"][0]
+    for segment in worded["segments"]:
+        assert "".join(w["word"] for w in segment["words"]).split() == segment["text"].split()
+        assert all(segment["start"] <= w["start"] <= w["end"] <= segment["end"] for w in segment["words"])
 
 
 def test_all_formats_and_timestamps(tmp_path: Path) -> None:

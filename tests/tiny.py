@@ -32,6 +32,9 @@ def tiny_tokenizer() -> WhisperTokenizer:
     tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
     tokenizer.pad_token = "<|endoftext|>"
+    # Timestamp tokens <|0.00|> ... <|30.00|> right after <|notimestamps|>, as plain added tokens like Whisper's
+    # (transformers finds the first one as the last special token's id + 1).
+    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
     return tokenizer
 
 
@@ -59,6 +62,7 @@ def tiny_model(tokenizer: WhisperTokenizer, seed: int = 0) -> WhisperForConditio
     generation.prev_sot_token_id = ids("<|startofprev|>")
     generation.is_multilingual = True
     generation.max_length = 448
+    generation.alignment_heads = [[1, 0], [1, 1]]  # decoder layer, head: word timestamps read these
     model.generation_config = generation
     return model
 
