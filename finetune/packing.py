@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune.recipe import MAX_AUDIO_SECONDS, MAX_TARGET_POSITIONS, SAMPLE_RATE, WindowConfig
+from finetune.recipe import MAX_AUDIO_SECONDS, MAX_TARGET_POSITIONS, SAMPLE_RATE, RecipeError, WindowConfig
 
 TIME_STEP = 0.02  # s: the resolution of Whisper's timestamp tokens <|0.00|> ... <|30.00|>
 PROMPT_MAX_TOKENS = MAX_TARGET_POSITIONS // 2 - 1  # previous-text budget: openai-whisper's (223)
@@ -131,6 +131,9 @@ class TrainingWindows(torch.utils.data.Dataset):
         self.texts = list(rows["text"])
         self.segments = tokenizer([" " + text for text in self.texts], add_special_tokens=False).input_ids
         self.special = SpecialTokens.of(tokenizer, sorted(set(self.languages)), task)
+        if cfg.timestamp_probability > 0 and self.special.time_zero in (None, tokenizer.unk_token_id):
+            raise RecipeError("data.windows", ["the model's tokenizer has no timestamp tokens (<|0.00|>): set "
+                                               "data.windows.timestamp_probability=0, or mode: none"])
         self.epoch = -1
         self.set_epoch(0)
 

@@ -58,6 +58,7 @@ def score_sets(models: dict[str, ModelFactory], processor: Any, test: dict[str, 
     by_name = {src.label: src for src in sources}
     known = known or {}
     sets: dict[str, Any] = {}
+    picture = True
     for name, dataset in test.items():
         src = by_name.get(name)
         normalizer, normalize = set_normalizer(src, language, processor.tokenizer)
@@ -74,9 +75,10 @@ def score_sets(models: dict[str, ModelFactory], processor: Any, test: dict[str, 
                                                                          src.language or language, normalize)
             log.info("%s, %s: WER %.2f, CER %.2f, %.2f clips/s", name, model_name, entry[model_name]["wer"],
                      entry[model_name]["cer"], entry[model_name]["clips_per_second"])
-        if not sets and "fine_tuned" in models:  # the first set: a few alignment pictures of the tuned model
-            with models["fine_tuned"]() as model:
+        if picture and not entry["guard"] and "fine_tuned" in models and "fine_tuned" not in known.get(name, {}):
+            with models["fine_tuned"]() as model:  # the first in-domain set: a few alignment pictures
                 entry["alignment"] = alignment_maps(model, processor, dataset, (src.language if src else None)
                                                     or language)
+            picture = False
         sets[name] = entry
     return sets

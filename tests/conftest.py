@@ -32,6 +32,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def timestamp_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with Whisper's timestamp tokens: packed windows, long-form and word timestamps need them."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-whisper-timestamps"), timestamps=True)
+
+
+@pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     return tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
@@ -45,6 +51,13 @@ def even_corpus(tmp_path_factory) -> Path:
         write_audiofolder(root, [{"name": f"{i}.wav", "text": EVEN_TEXTS[i],
                                   "audio": tone(1.0, freq=300 + 50 * i, seed=i)} for i in range(n)], split)
     return root
+
+
+@pytest.fixture()
+def timestamp_processor():
+    proc = tiny_processor(timestamps=True)
+    proc.tokenizer.set_prefix_tokens(language="es", task="transcribe", predict_timestamps=False)
+    return proc
 
 
 @pytest.fixture()

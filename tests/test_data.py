@@ -269,12 +269,13 @@ def test_streamed_train_source(tmp_path: Path, corpus_dir: Path, processor) -> N
     data = load_data(cfg, processor)
     assert isinstance(data.train, IterableDataset) and data.counts[0].streamed
     rows = list(data.train)
-    assert len(rows) == 16 and {"labels", "text", "input_features"} <= set(rows[0])
+    assert len(rows) == 16 and {"labels", "text", "waveform"} <= set(rows[0])  # audio kept, log-mel per batch
     assert "| train | corpus" in counts_table(data.counts) and "not counted (streamed)" in counts_table(data.counts)
 
 
 def test_waveform_augmentation_changes_train_rows_only(tmp_path: Path, corpus_dir: Path, processor) -> None:
-    cfg = DataConfig(train=[{"path": str(corpus_dir)}], eval=[{"path": str(corpus_dir), "split": "validation"}])
+    cfg = DataConfig(train=[{"path": str(corpus_dir)}], eval=[{"path": str(corpus_dir), "split": "validation"}],
+                     cache_features=True)
     augment = AugmentConfig(speed_prob=1.0, speed_range=(1.25, 1.25), noise_prob=1.0, noise_snr_db=(20.0, 20.0))
     data = load_data(cfg, processor, augment)
     plain = load_data(cfg.model_copy(update={"cache_features": False}), processor)

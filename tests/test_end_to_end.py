@@ -48,10 +48,10 @@ def first_logged_step(output_dir: Path) -> dict:
     return next(entry for entry in state["log_history"] if "loss" in entry)
 
 
-def test_full_run_writes_every_output(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
+def test_full_run_writes_every_output(tmp_path: Path, timestamp_model_dir: Path, corpus_dir: Path) -> None:
     """A packed-window run whose test set is also scored long-form."""
     out = tmp_path / "run"
-    recipe = tiny_recipe(tiny_model_dir, corpus_dir, out)
+    recipe = tiny_recipe(timestamp_model_dir, corpus_dir, out)
     recipe["data"]["windows"] = {"mode": "packed"}
     recipe["data"]["test"][0]["long_form_s"] = 30
     done = run_cli(recipe, tmp_path)

@@ -53,7 +53,7 @@ def test_cached_encoder_path_trains_exactly_like_the_full_path(tmp_path, tiny_mo
     assert not full.uses_encoder_cache() and cached.uses_encoder_cache()
     full_history, full_adapter, full_data = train_run(full)
     cached_history, cached_adapter, cached_data = train_run(cached)
-    assert "input_features" in full_data.train.column_names
+    assert "waveform" in full_data.train.column_names  # audio kept; log-mel computed per batch
     assert ENCODER_COLUMN in cached_data.train.column_names and "input_features" not in cached_data.train.column_names
     assert ENCODER_COLUMN in cached_data.eval.column_names  # evaluation reuses it too
     # Same losses, gradient norms, eval loss and eval WER at every logged step, and the same adapter, bit for bit.

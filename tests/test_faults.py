@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -44,8 +45,11 @@ def start(recipe: dict, tmp_path: Path, *args: str, fault: str | None = None) ->
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "FAULT": fault or ""}
+    # Ctrl-C's default action in the child even when pytest itself runs as a background job, whose SIGINT the shell
+    # ignores (an ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt handler).
     return subprocess.Popen([sys.executable, FAULT_RUN, str(path), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:

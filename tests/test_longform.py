@@ -49,8 +49,8 @@ def test_the_report_table_lists_each_long_form_set_and_model() -> None:
     assert long_form_table({"sets": {"b": {"fine_tuned": {}}}}) is None
 
 
-def test_score_long_form_runs_the_sequential_algorithm(tiny_model_dir) -> None:
-    cfg = ModelConfig(name=str(tiny_model_dir))
+def test_score_long_form_runs_the_sequential_algorithm(timestamp_model_dir) -> None:
+    cfg = ModelConfig(name=str(timestamp_model_dir))
     model, processor = load_model(cfg), load_processor(cfg)
     result = score_long_form(model, processor, clips([20.0, 25.0, 5.0]), 40.0, "es", normalizer_for("es", None)[1])
     assert result["files"] == 2 and result["clips"] == 3 and result["boundaries"] == 1
@@ -58,8 +58,8 @@ def test_score_long_form_runs_the_sequential_algorithm(tiny_model_dir) -> None:
     assert result["wer"] >= 0 and result["boundary_error_median_s"] >= 0
 
 
-def test_alignment_picture_has_a_row_per_token_and_a_column_per_20_ms(tiny_model_dir) -> None:
-    cfg = ModelConfig(name=str(tiny_model_dir))
+def test_alignment_picture_has_a_row_per_token_and_a_column_per_20_ms(timestamp_model_dir) -> None:
+    cfg = ModelConfig(name=str(timestamp_model_dir))
     model, processor = load_model(cfg), load_processor(cfg)
     features = processor.feature_extractor(np.random.default_rng(0).standard_normal(16_000 * 3).astype(np.float32),
                                            sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features

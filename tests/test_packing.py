@@ -52,10 +52,10 @@ def test_the_plan_is_deterministic_per_seed_and_epoch() -> None:
     assert plan(1, 0) != plan(1, 1)
 
 
-def test_two_clip_window_label_ids_exact(processor) -> None:
+def test_two_clip_window_label_ids_exact(timestamp_processor) -> None:
     """<|startofprev|> prev <|sot|><|es|><|transcribe|><|0.00|> one<|1.24|><|1.74|> two<|3.00|><|endoftext|>, and
     the collator's labels are the next tokens with the prompt and <|startoftranscript|> itself left out."""
-    tok = processor.tokenizer
+    tok = timestamp_processor.tokenizer
     ids, text = tok.convert_tokens_to_ids, lambda s: tok(s, add_special_tokens=False).input_ids
     special = SpecialTokens.of(tok, ["es"], "transcribe")
     sequence, prompt_length = window_labels([text(" hola"), text(" adiós")], [(0.0, 1.234), (1.734, 3.0)], "es",
@@ -66,7 +66,7 @@ def test_two_clip_window_label_ids_exact(processor) -> None:
     assert sequence == expected
     assert prompt_length == 1 + len(text(" antes"))
 
-    batch = SpeechCollator(processor, ids("<|startoftranscript|>"))(
+    batch = SpeechCollator(timestamp_processor, ids("<|startoftranscript|>"))(
         [{"waveform": tone(3.0), "labels": sequence, "prompt_length": prompt_length, "language": "es"},
          {"waveform": tone(1.0), "labels": sequence[prompt_length:], "prompt_length": 0, "language": "es"}])
     inputs, labels = batch["decoder_input_ids"], batch["labels"]
@@ -79,8 +79,8 @@ def test_two_clip_window_label_ids_exact(processor) -> None:
     assert inputs[1, len(body) - 1:].eq(tok.pad_token_id).all()
 
 
-def test_without_timestamps_the_texts_are_joined(processor) -> None:
-    tok = processor.tokenizer
+def test_without_timestamps_the_texts_are_joined(timestamp_processor) -> None:
+    tok = timestamp_processor.tokenizer
     ids = tok.convert_tokens_to_ids
     special = SpecialTokens.of(tok, ["es"], "transcribe")
     joined = tok("hola adiós", add_special_tokens=False).input_ids
@@ -91,8 +91,8 @@ def test_without_timestamps_the_texts_are_joined(processor) -> None:
                         *joined, ids("<|endoftext|>")]
 
 
-def test_a_long_prompt_keeps_its_last_tokens_within_448(processor) -> None:
-    special = SpecialTokens.of(processor.tokenizer, ["es"], "transcribe")
+def test_a_long_prompt_keeps_its_last_tokens_within_448(timestamp_processor) -> None:
+    special = SpecialTokens.of(timestamp_processor.tokenizer, ["es"], "transcribe")
     sequence, prompt_length = window_labels([[7] * 300], [(0.0, 20.0)], "es", special, timestamps=True,
                                             prompt=list(range(1000, 1400)))
     assert len(sequence) - 1 == 448  # decoder positions: all of them, no more
@@ -128,9 +128,9 @@ def windows_of(tmp_path, model_dir, corpus, **windows) -> tuple[TrainingWindows,
     return data.train, processor
 
 
-def test_packed_window_features_equal_the_extractor_on_the_concatenated_audio(tmp_path, tiny_model_dir,
+def test_packed_window_features_equal_the_extractor_on_the_concatenated_audio(tmp_path, timestamp_model_dir,
                                                                               packed_corpus) -> None:
-    windows, processor = windows_of(tmp_path, tiny_model_dir, packed_corpus, gap_s=0.25)
+    windows, processor = windows_of(tmp_path, timestamp_model_dir, packed_corpus, gap_s=0.25)
     number = max(range(len(windows)), key=lambda n: len(windows.windows[n]))
     item = windows[number]
     assert item["clips"] >= 2 and len(item["waveform"]) <= 8.0 * SAMPLE_RATE + 1
@@ -142,8 +142,8 @@ def test_packed_window_features_equal_the_extractor_on_the_concatenated_audio(tm
     assert item["duration"] == pytest.approx(len(audio) / SAMPLE_RATE - 0.25 * (item["clips"] - 1), abs=1e-3)
 
 
-def test_windows_are_redrawn_each_epoch_and_probabilities_hold(tmp_path, tiny_model_dir, packed_corpus) -> None:
-    windows, _ = windows_of(tmp_path, tiny_model_dir, packed_corpus, timestamp_probability=1.0,
+def test_windows_are_redrawn_each_epoch_and_probabilities_hold(tmp_path, timestamp_model_dir, packed_corpus) -> None:
+    windows, _ = windows_of(tmp_path, timestamp_model_dir, packed_corpus, timestamp_probability=1.0,
                             prompt_probability=0.0)
     first = windows.windows
     windows.set_epoch(1)
@@ -151,7 +151,7 @@ def test_windows_are_redrawn_each_epoch_and_probabilities_hold(tmp_path, tiny_mo
     timestamp_zero = windows.special.time_zero
     assert all(windows[n]["labels"][3] == timestamp_zero and windows[n]["prompt_length"] == 0
                for n in range(len(windows)))
-    windows, _ = windows_of(tmp_path, tiny_model_dir, packed_corpus, timestamp_probability=0.0,
+    windows, _ = windows_of(tmp_path, timestamp_model_dir, packed_corpus, timestamp_probability=0.0,
                             prompt_probability=1.0)
     items = [windows[n] for n in range(len(windows))]
     no_timestamps = windows.special.no_timestamps

@@ -98,8 +98,8 @@ def test_words_from_token_times() -> None:
     assert words(processor, tokens, times, 1.0, 3.0) == [_word(" uno", 1.1, 2.0), _word(" dos", 2.0, 2.9)]
 
 
-def test_initial_prompt_and_word_timestamps_reach_generate(tiny_model_dir: Path) -> None:
-    model, processor = load_for_inference(str(tiny_model_dir), device="cpu")
+def test_initial_prompt_and_word_timestamps_reach_generate(timestamp_model_dir: Path) -> None:
+    model, processor = load_for_inference(str(timestamp_model_dir), device="cpu")
     model.generation_config.max_new_tokens = 12
     options = DecodeOptions.greedy("es")
     options.max_new_tokens = 12
@@ -116,7 +116,8 @@ def test_initial_prompt_and_word_timestamps_reach_generate(tiny_model_dir: Path)
     prompt = seen["prompt_ids"].tolist()
     assert prompt[0] == processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
     assert processor.tokenizer.decode(prompt[1:]) == " Señora Pérez" and seen["return_token_timestamps"]
-    assert "words" not in plain["segments"][0]
+    assert plain["segments"] and worded["segments"] and "words" not in plain["segments"][0]
+    assert any(segment["words"] for segment in worded["segments"])
     for segment in worded["segments"]:
         assert "".join(w["word"] for w in segment["words"]).split() == segment["text"].split()
         assert all(segment["start"] <= w["start"] <= w["end"] <= segment["end"] for w in segment["words"])

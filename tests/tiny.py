@@ -26,20 +26,23 @@ SPECIALS = (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" for code
             + ["<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"])
 
 
-def tiny_tokenizer() -> WhisperTokenizer:
+def tiny_tokenizer(timestamps: bool = False) -> WhisperTokenizer:
     vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     vocab.update({token: len(vocab) + i for i, token in enumerate(SPECIALS)})
     tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
     tokenizer.pad_token = "<|endoftext|>"
-    # Timestamp tokens <|0.00|> ... <|30.00|> right after <|notimestamps|>, as plain added tokens like Whisper's
-    # (transformers finds the first one as the last special token's id + 1).
-    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    if timestamps:
+        # <|0.00|> ... <|30.00|> right after <|notimestamps|>, as plain added tokens like Whisper's (transformers
+        # finds the first one as the last special token's id + 1). Off by default: a random model that can emit
+        # them makes every generate() of the tests that do not need them ~20x slower.
+        tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
     return tokenizer
 
 
-def tiny_processor() -> WhisperProcessor:
-    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tiny_tokenizer())
+def tiny_processor(timestamps: bool = False) -> WhisperProcessor:
+    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80),
+                            tokenizer=tiny_tokenizer(timestamps))
 
 
 def tiny_model(tokenizer: WhisperTokenizer, seed: int = 0) -> WhisperForConditionalGeneration:
@@ -67,9 +70,9 @@ def tiny_model(tokenizer: WhisperTokenizer, seed: int = 0) -> WhisperForConditio
     return model
 
 
-def save_tiny_model(path: Path, seed: int = 0) -> Path:
+def save_tiny_model(path: Path, seed: int = 0, timestamps: bool = False) -> Path:
     """A complete tiny checkpoint directory, loadable by finetune (model.name=<path>) and pipeline()."""
-    processor = tiny_processor()
+    processor = tiny_processor(timestamps)
     tiny_model(processor.tokenizer, seed).save_pretrained(path)
     processor.save_pretrained(path)
     return path
