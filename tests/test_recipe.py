@@ -200,3 +200,26 @@ def test_adapter_strength_settings() -> None:
     assert problems(with_(output__scale_grid="[0.5, 9]"))[0].startswith("output.scale_grid: needs strengths in [0, 4]")
     assert "output.adapter_scale" in problems(with_(output__adapter_scale="best"))[0]
     assert problems(with_(eval__confidence=1.5))[0].startswith("eval.confidence:")
+
+
+def test_windows_auto_packs_only_where_the_encoder_runs_anyway() -> None:
+    assert validate(with_(data__windows__mode="auto")).data.windows.mode == "packed"  # encoder LoRA: it runs
+    frozen = validate(with_(data__windows__mode="auto", lora__encoder="false"))
+    assert frozen.data.windows.mode == "none" and frozen.uses_encoder_cache()  # the cache beats packing there
+    streamed = with_(data__windows__mode="auto", train__max_steps=10)
+    streamed["data"]["train"]["streaming"] = True
+    assert validate(streamed).data.windows.mode == "none"
+    assert validate(with_(data__windows__mode="off")).data.windows.mode == "none"  # YAML's `off` is false
+    assert validate(with_()).data.windows.mode == "none"  # the default
+    packed = validate(with_(data__windows__mode="packed", lora__encoder="false"))
+    assert not packed.uses_encoder_cache() and "windows" in packed.encoder_cache_blockers()[-1]
+    streamed["data"]["windows"] = {"mode": "packed"}
+    assert any("non-streamed train sources" in p for p in problems(streamed))
+
+
+def test_only_test_sets_are_scored_long_form() -> None:
+    raw = with_()
+    raw["data"]["train"]["long_form_s"] = 180
+    assert any("only test sets are scored long-form" in p for p in problems(raw))
+    raw = with_(data__test="[{hub: some/dataset, split: test, long_form_s: 10}]")
+    assert any("long_form_s" in p for p in problems(raw))  # at least 30 s: several windows
