@@ -5,6 +5,8 @@ Run as:
     python scripts/transcribe.py *.flac --model ../shared/models/whisper-base --adapter runs/demo/adapter \
         --output_format srt --output_dir subs/
     python scripts/transcribe.py talk.mkv --model openai/whisper-small --task translate      # language detected
+    python scripts/transcribe.py call.wav --model runs/es-synth-base/merged --language es --word_timestamps \
+        --max_line_width 42 --max_line_count 2 --initial_prompt "Banco Sabadell, Sra. Pérez."
 
 Any length (long files are decoded window by window with segment timestamps), any format ffmpeg reads; a video's
 audio track is decoded directly. Writes `<stem>.txt/.vtt/.srt/.tsv/.json` (openai-whisper's layouts) to
