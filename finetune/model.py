@@ -71,7 +71,8 @@ def load_model(cfg: ModelConfig) -> WhisperForConditionalGeneration:
                                     "Use sdpa (the default) or eager."]) from None
     set_language(model, cfg.language, cfg.task)
     # Whisper's forward ignores `num_items_in_batch`; telling the Trainer so keeps the loss and gradients
-    # unchanged by gradient accumulation and world size (PITFALLS #3).
+    # unchanged by gradient accumulation and world size (otherwise both scale them up by the accumulation steps
+    # or the number of processes).
     model.accepts_loss_kwargs = False
     model.config.use_cache = False  # the cache is for generation; training with it only costs memory
     return model
@@ -118,7 +119,8 @@ def set_decoding(model: WhisperForConditionalGeneration, cfg: EvalConfig) -> Non
 
 def add_lora(model: WhisperForConditionalGeneration, cfg: LoraConfig, seed: int) -> PeftModel:
     """Wrap the model with fresh LoRA adapters, initialized from `seed` (reproducible); only the adapters train."""
-    # No task_type: peft's SEQ_2_SEQ_LM wrapper passes input_ids, which Whisper's forward rejects (PITFALLS #2).
+    # No task_type: peft's SEQ_2_SEQ_LM wrapper passes input_ids, which Whisper's forward rejects ("got multiple
+    # values for keyword argument 'input_ids'").
     config = PeftLoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,

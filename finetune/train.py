@@ -57,7 +57,8 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
         bf16=t.bf16,
         fp16=t.fp16,
         activation_checkpointing=t.gradient_checkpointing,
-        # Non-reentrant checkpointing works with frozen base weights and LoRA, under DDP too (PITFALLS #4, #5).
+        # Non-reentrant checkpointing works with frozen base weights and LoRA, under DDP too (reentrant fails with
+        # "element 0 of tensors does not require grad", and under DDP with "marked as ready twice").
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
         save_total_limit=None,  # WhisperTrainer rotates itself, counting complete checkpoints only
@@ -74,7 +75,7 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
         predict_with_generate=True,  # score WER on generated text, not on teacher-forced logits
         remove_unused_columns=False,  # the collator needs `waveform`, which the model's forward does not take
         label_names=["labels"],
-        ddp_find_unused_parameters=False,  # LoRA leaves base weights unused by design (PITFALLS #5)
+        ddp_find_unused_parameters=False,  # LoRA leaves base weights unused by design; the search is slow and warns
         use_cpu=not has_accelerator(),  # CPU-only machines: gloo ranks under `accelerate launch --multi_gpu`
         **t.extra,
     )

@@ -132,7 +132,8 @@ def log_mel(processor: WhisperProcessor, waveforms: list[np.ndarray]) -> tuple[t
 @torch.inference_mode()
 def detect_languages(model: WhisperForConditionalGeneration, processor: WhisperProcessor,
                      features: torch.Tensor) -> list[str]:
-    """Language code per file from its first 30 s (detected first, then decoded with it: see PITFALLS)."""
+    """Language code per file from its first 30 s, detected first and then decoded with: generate() left to
+    detect the language itself gave truncated or looping output on clips that decode right with the language set."""
     parameter = next(model.parameters())
     ids = model.detect_language(input_features=features[:, :, :WINDOW_FRAMES].to(parameter.device, parameter.dtype))
     tokens = processor.tokenizer.convert_ids_to_tokens(ids.view(-1).tolist())

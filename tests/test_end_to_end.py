@@ -1,4 +1,4 @@
-"""finetune/run.py as a user runs it, in a subprocess: one process, and two DDP ranks on CPU (PITFALLS #6)."""
+"""finetune/run.py as a user runs it, in a subprocess: one process, and two DDP ranks on CPU (gloo)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tiny import BAD_ROWS, bad_input_corpus, tone
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "finetune" / "run.py")
-# Two gloo ranks on CPU. `--cpu --num_processes 2` would silently run ONE process (PITFALLS #6).
+# Two gloo ranks on CPU. `--cpu --num_processes 2` would silently run ONE process (accelerate's DistributedType.NO).
 TWO_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
 
@@ -133,14 +133,15 @@ def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Pa
     run_cli(tiny_recipe(tiny_model_dir, even_corpus, one, train={**steps, "per_device_train_batch_size": 4}),
             tmp_path, "output.merge=false")
     two = tmp_path / "two"
-    # The two ranks also checkpoint activations (non-reentrant, with LoRA under DDP: PITFALLS #4, #5).
+    # The two ranks also checkpoint activations (non-reentrant: reentrant fails with LoRA, and under DDP).
     done = run_cli(tiny_recipe(tiny_model_dir, even_corpus, two, train={**steps, "per_device_train_batch_size": 2}),
                    tmp_path, "output.merge=false", "train.gradient_checkpointing=true", launcher=TWO_RANKS)
     environment = json.loads((two / "environment.json").read_text())
     assert environment["world_size"] == 2, "accelerate launch started one process, not two"
     assert "world size 2" in done.stderr
     single, ddp = first_logged_step(one), first_logged_step(two)
-    # Equal token counts per rank: the DDP mean over ranks equals the single-process mean (PITFALLS #3).
+    # Equal token counts per rank: the DDP mean over ranks equals the single-process mean (the loss is not scaled
+    # by the world size).
     assert ddp["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert ddp["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-3)
     assert (two / "report.json").is_file()

@@ -1,5 +1,6 @@
 """Training on a tiny model, in-process: only LoRA weights move, merging is exact, and the loss and gradients do
-not depend on gradient accumulation or activation checkpointing (PITFALLS #3, #4)."""
+not depend on gradient accumulation or activation checkpointing (the Trainer would scale the loss by the
+accumulation steps for a model that ignores num_items_in_batch; reentrant checkpointing fails with LoRA)."""
 
 from __future__ import annotations
 
