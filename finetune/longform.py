@@ -19,6 +19,7 @@ import torch
 
 from finetune.data import decode_audio
 from finetune.metrics import score
+from finetune.packing import concatenate
 from finetune.recipe import SAMPLE_RATE
 from finetune.transcription import DecodeOptions, transcribe_batch
 
@@ -44,24 +45,19 @@ def clip_waveform(row: dict[str, Any]) -> np.ndarray:
 def long_files(dataset: Any, target_s: float) -> list[LongFile]:
     """The set's rows in order, joined into files of about `target_s` (each file holds whole clips and ends at the
     first clip that reaches the target; the last file takes the rest)."""
-    files: list[LongFile] = []
-    parts: list[np.ndarray] = []
-    texts: list[str] = []
-    boundaries: list[float] = []
+    groups: list[list[tuple[np.ndarray, str]]] = [[]]
     length = 0
     for i in range(len(dataset)):
-        row = dataset[i]
-        waveform = clip_waveform(row)
-        if parts:
-            boundaries.append(length / SAMPLE_RATE)
-        parts.append(waveform)
-        texts.append(str(row["text"]))
-        length += len(waveform)
         if length >= target_s * SAMPLE_RATE:
-            files.append(LongFile(np.concatenate(parts), boundaries, " ".join(texts), len(parts)))
-            parts, texts, boundaries, length = [], [], [], 0
-    if parts:
-        files.append(LongFile(np.concatenate(parts), boundaries, " ".join(texts), len(parts)))
+            groups.append([])
+            length = 0
+        row = dataset[i]
+        groups[-1].append((clip_waveform(row), str(row["text"])))
+        length += len(groups[-1][-1][0])
+    files = []
+    for group in filter(None, groups):
+        waveform, bounds = concatenate([w for w, _ in group], 0.0, limit_s=None)
+        files.append(LongFile(waveform, [start for start, _ in bounds[1:]], " ".join(t for _, t in group), len(group)))
     return files
 
 

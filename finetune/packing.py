@@ -177,9 +177,11 @@ class TrainingWindows(torch.utils.data.Dataset):
                 "duration": sum(self.durations[i] for i in indices), "clips": len(indices)}
 
 
-def concatenate(waveforms: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def concatenate(waveforms: list[np.ndarray], gap_s: float,
+                limit_s: float | None = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The clips one after another with `gap_s` of silence between; each clip's (start, end) in seconds. Cut at
-    30 s (only augmentation that slowed clips down beyond the plan's allowance can reach it)."""
+    `limit_s` (a training window: 30 s, which only augmentation beyond the plan's allowance can reach; None: never,
+    for long-form files)."""
     gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), np.float32)
     parts, bounds, at = [], [], 0
     for i, waveform in enumerate(waveforms):
@@ -189,9 +191,10 @@ def concatenate(waveforms: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, 
         bounds.append((at / SAMPLE_RATE, (at + len(waveform)) / SAMPLE_RATE))
         parts.append(waveform)
         at += len(waveform)
-    limit = int(MAX_AUDIO_SECONDS * SAMPLE_RATE)
-    bounds = [(min(s, MAX_AUDIO_SECONDS), min(e, MAX_AUDIO_SECONDS)) for s, e in bounds]
-    return np.concatenate(parts)[:limit], bounds
+    if limit_s is None:
+        return np.concatenate(parts), bounds
+    bounds = [(min(s, limit_s), min(e, limit_s)) for s, e in bounds]
+    return np.concatenate(parts)[:int(limit_s * SAMPLE_RATE)], bounds
 
 
 def longest_stretch(speed_prob: float, speed_range: tuple[float, float]) -> float:
