@@ -12,15 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.audio import load_audio
+from finetune.errors import UserError
 from finetune.metrics import normalizer_for, score
 from finetune.outputs import atomic_dir, log, write_json
-from finetune.transcription import DecodeOptions, load_audio, load_for_inference, transcribe_batch
+from finetune.transcription import DecodeOptions, load_for_inference, transcribe_batch
 
 QUANTIZATIONS = ["int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"]
 REPORT = "export.json"
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """A model folder that cannot be exported; the message says why and what to pass instead."""
 
 

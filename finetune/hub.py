@@ -1,49 +1,20 @@
-"""The Hugging Face Hub: a fast reachability check before any download (an unreachable Hub fails in seconds), and
-what a published repo holds (the staged folder and its model card)."""
+"""Publishing to the Hugging Face Hub: what a published repo holds (the staged folder and its model card), the
+upload with retries, and the end-of-run push."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import huggingface_hub
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import HfHubHTTPError
 
-from finetune.outputs import is_main_process, log, slug
+from finetune.hub_probe import is_local
+from finetune.outputs import log, slug
 from finetune.recipe import HubConfig, Recipe, RecipeError, dump
-
-PROBE_TIMEOUT_S = 10.0  # one request; huggingface_hub's own retries on an unreachable Hub take minutes
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in {"0", "", "false", "no", "off"}
-
-
-def hub_problem(repo_id: str, repo_type: Literal["model", "dataset"], revision: str | None = None) -> str | None:
-    """None when the Hub serves this repo; otherwise why not, in words (asked once, with a short time-out)."""
-    if offline():
-        return "HF_HUB_OFFLINE is set"
-    info = huggingface_hub.model_info if repo_type == "model" else huggingface_hub.dataset_info
-    try:
-        info(repo_id, revision=revision, timeout=PROBE_TIMEOUT_S)
-    except GatedRepoError:
-        return "it is gated: accept its terms on the Hub and log in with `hf auth login` (or set HF_TOKEN)"
-    except RepositoryNotFoundError:
-        return "no such repository on the Hub (or it is private: log in with `hf auth login`)"
-    except RevisionNotFoundError:
-        return f"it has no revision {revision!r}"
-    except Exception as err:  # DNS failure, refused connection, time-out, proxy or TLS trouble
-        return f"the Hub could not be reached ({type(err).__name__})"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model card and the folder an upload sends
 
 CARD_TAGS = ["whisper", "automatic-speech-recognition", "lora", "peft", "finetune"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -109,11 +80,6 @@ def model_card(recipe: Recipe, report: dict[str, Any], kind: str, repo_id: str |
         "## Recipe\n\n```yaml\n" + dump(recipe).rstrip() + "\n```",
     ])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n").content
-
-
-def is_local(name: str) -> bool:
-    """A name that exists on disk, or is written like a path (./x, ../x, /x, ~/x, a/b/c), is not a Hub id."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def stage(run_dir: str | Path, recipe: Recipe, kind: str, folder: str | Path,
@@ -191,8 +157,9 @@ def repos(hub: HubConfig) -> list[tuple[str, str | None]]:
 
 
 def publish(recipe: Recipe) -> list[str]:
-    """End of a run (main process, hub.push): stage and upload; a failure is logged, never fatal to the run."""
-    if not recipe.hub.push or not is_main_process():
+    """End of a run (hub.push; call it on the main process): stage and upload; a failure is logged, never fatal
+    to the run."""
+    if not recipe.hub.push:
         return []
     commits = []
     try:
@@ -202,6 +169,6 @@ def publish(recipe: Recipe) -> list[str]:
             commits.append(upload(folder, repo, recipe.hub.private, recipe.hub.revision, recipe.hub.commit_message))
             log.info("Pushed %s to %s", kind, repo)
     except RecipeError as err:
-        log.error("Push failed; the run's outputs are intact. Retry with: python scripts/push.py %s\n%s",
+        log.error("Push failed; the run's outputs are intact. Retry with: finetune push %s\n%s",
                   recipe.output_dir, err)
     return commits

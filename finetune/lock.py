@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import UserError
 from finetune.outputs import log
 
 try:
@@ -28,7 +29,7 @@ except ImportError:  # Windows: no flock; runs are not locked there (a warning s
 LOCK_FILE = ".finetune.lock"
 
 
-class LockBusy(RuntimeError):
+class LockBusy(UserError, RuntimeError):
     """Another live run holds the output directory."""
 
 

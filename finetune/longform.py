@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from finetune.data import decode_audio
+from finetune.audio import decode_audio
 from finetune.metrics import score
 from finetune.packing import concatenate
 from finetune.recipe import SAMPLE_RATE

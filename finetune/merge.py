@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.collator import SpeechCollator
-from finetune.model import DTYPES, load_adapter, set_decoding, transcribe
+from finetune.model import DTYPES, generate_rows, load_model, set_decoding
 from finetune.outputs import atomic_dir, log
 from finetune.recipe import Recipe
 
@@ -24,20 +24,25 @@ def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperPro
     model as reloaded from disk (what users will load).
     """
     final = Path(recipe.output_dir) / MERGED_DIR
-    tuned = load_adapter(recipe.model, adapter_dir).eval()
-    features = SpeechCollator(processor, tuned.config.decoder_start_token_id).features(parity_rows)
+    tuned = load_model(recipe.model, adapter_dir).eval()
     set_decoding(tuned.get_base_model(), recipe.eval)
-    with_adapter = transcribe(tuned, processor, features)
+    with_adapter = transcripts(tuned, processor, parity_rows)
     merged = tuned.merge_and_unload()
     merged.config.use_cache = True  # training turned the KV cache off; inference wants it back
     with atomic_dir(final) as tmp:
         merged.save_pretrained(tmp)  # weights + config + generation_config (language, task)
         processor.save_pretrained(tmp)
     reloaded = WhisperForConditionalGeneration.from_pretrained(final, dtype=DTYPES[recipe.model.dtype]).eval()
-    from_merged = transcribe(reloaded, processor, features)
+    from_merged = transcripts(reloaded, processor, parity_rows)
     same = sum(a == b for a, b in zip(with_adapter, from_merged))
     parity = {"clips": len(parity_rows), "identical": same, "ok": same == len(parity_rows),
               "mismatches": [{"adapter": a, "merged": b} for a, b in zip(with_adapter, from_merged) if a != b]}
     log.info("Merged model written to %s; parity with base+adapter: %d/%d identical transcripts%s",
              final, same, len(parity_rows), "" if parity["ok"] else " (MISMATCH, see results.json)")
     return {"path": str(final), "parity": parity}, reloaded
+
+
+def transcripts(model: torch.nn.Module, processor: WhisperProcessor, rows: list[dict[str, Any]],
+                batch_size: int = 8) -> list[str]:
+    return [text for start in range(0, len(rows), batch_size)
+            for text in generate_rows(model, processor, rows[start:start + batch_size])[0]]

@@ -14,7 +14,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.hub import hub_problem, is_local
+from finetune.hub_probe import hub_problem, is_local
 from finetune.recipe import AugmentConfig, EvalConfig, LoraConfig, ModelConfig, RecipeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,8 +61,12 @@ def load_processor(cfg: ModelConfig) -> WhisperProcessor:
     return processor
 
 
-def load_model(cfg: ModelConfig) -> WhisperForConditionalGeneration:
-    """Base Whisper in the recipe's dtype, generating in the recipe's language and task."""
+def load_model(cfg: ModelConfig, adapter: str | Path | None = None) -> WhisperForConditionalGeneration | PeftModel:
+    """Base Whisper in the recipe's dtype, generating in the recipe's language and task; with `adapter`, a saved
+    LoRA adapter on top (a PeftModel). The one way every entry point loads a model."""
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise RecipeError("model", [f"adapter {str(adapter)!r}: no adapter_config.json there (a peft adapter folder, "
+                                    "e.g. runs/NAME/adapter)"])
     try:
         model = _from_pretrained(WhisperForConditionalGeneration.from_pretrained, cfg, dtype=DTYPES[cfg.dtype],
                                  attn_implementation=cfg.attn_implementation)
@@ -75,7 +79,7 @@ def load_model(cfg: ModelConfig) -> WhisperForConditionalGeneration:
     # or the number of processes).
     model.accepts_loss_kwargs = False
     model.config.use_cache = False  # the cache is for generation; training with it only costs memory
-    return model
+    return model if adapter is None else PeftModel.from_pretrained(model, str(adapter))
 
 
 def precision_context(device_type: str, precision: str) -> ContextManager:
@@ -151,11 +155,6 @@ def find_encoder(model: torch.nn.Module) -> torch.nn.Module:
     return base.get_encoder()
 
 
-def load_adapter(cfg: ModelConfig, adapter_dir: str | Path) -> PeftModel:
-    """A fresh base model with a saved adapter on top (for merging and evaluation)."""
-    return PeftModel.from_pretrained(load_model(cfg), str(adapter_dir))
-
-
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -169,18 +168,6 @@ def set_spec_augment(model: WhisperForConditionalGeneration, cfg: AugmentConfig)
     model.config.mask_time_length = cfg.mask_time_length
     model.config.mask_feature_prob = cfg.mask_feature_prob
     model.config.mask_feature_length = cfg.mask_feature_length
-
-
-@torch.inference_mode()
-def transcribe(model: torch.nn.Module, processor: WhisperProcessor, features: torch.Tensor,
-               batch_size: int = 8) -> list[str]:
-    """Texts for log-mel features, decoded with the model's generation config (language, task, beams)."""
-    parameter = next(model.parameters())
-    texts: list[str] = []
-    for start in range(0, len(features), batch_size):
-        ids = model.generate(input_features=features[start:start + batch_size].to(parameter.device, parameter.dtype))
-        texts += [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return texts
 
 
 @dataclass

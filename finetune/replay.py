@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from finetune.data import SourceCount, label_ids
+from finetune.data_counts import SourceCount
+from finetune.rows import label_ids
 from finetune.model import generate_rows, precision_context
 from finetune.outputs import log
 from finetune.recipe import Recipe

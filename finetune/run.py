@@ -1,6 +1,6 @@
 """Fine-tune Whisper with LoRA adapters from a recipe, then score, merge and report.
 
-Run as:
+Run as (`finetune train ...` and `accelerate launch -m finetune train ...` are the same command):
     accelerate launch finetune/run.py recipes/spanish.yaml                      # one or many GPUs
     accelerate launch finetune/run.py recipes/spanish.yaml train.learning_rate=5.0e-4 output_dir=runs/es-lr5e-4
     python finetune/run.py recipes/demo.yaml model.name=/path/to/whisper-tiny    # one process, local model
@@ -23,32 +23,43 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `finetune` importable from a plain checkout
+if __name__ == "__main__":  # run as a file: Python put finetune/ first on sys.path; the project root is what counts
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from finetune.adapter_scale import adapter_strength  # noqa: E402
-from finetune.data import counts_table, first_rows, load_data, save_data_report  # noqa: E402
-from finetune.encoder_cache import cache_encoder_outputs  # noqa: E402
+from finetune.data import first_rows  # noqa: E402
+from finetune.data_counts import counts_table, save_data_report  # noqa: E402
 from finetune.hub import publish  # noqa: E402
 from finetune.merge import merge_adapter  # noqa: E402
-from finetune.model import (add_lora, count_parameters, load_model, load_processor, set_decoding,  # noqa: E402
-                            set_spec_augment)
-from finetune.outputs import is_main_process, log, save_run_info, setup_logging  # noqa: E402
-from finetune.recipe import RecipeError, load_recipe  # noqa: E402
-from finetune.replay import PseudoLabeler  # noqa: E402
-from finetune.report import final_line, final_report  # noqa: E402
-from finetune.run_dir import OutputDirError, check_output_path, claim_output_dir, interrupted_message  # noqa: E402
-from finetune.train import build_trainer, check_cpu_threads, save_adapter, train, training_arguments  # noqa: E402
+from finetune.model import count_parameters, load_processor  # noqa: E402
+from finetune.outputs import is_main_process, log, save_run_info  # noqa: E402
+from finetune.pipeline import build_data, build_model, build_training  # noqa: E402
+from finetune.recipe import load_recipe  # noqa: E402
+from finetune.report import final_report  # noqa: E402
+from finetune.report_text import final_line  # noqa: E402
+from finetune.run_dir import check_output_path, claim_output_dir  # noqa: E402
+from finetune.train import check_cpu_threads, save_adapter, train, training_arguments  # noqa: E402
+
+EXAMPLES = """examples:
+  finetune train recipes/spanish.yaml
+  accelerate launch -m finetune train recipes/spanish.yaml train.learning_rate=5.0e-4 output_dir=runs/es-lr5e-4
+  finetune train recipes/demo.yaml model.name=/path/to/whisper-tiny
+  finetune train recipes/spanish.yaml --overwrite     # delete output_dir's previous run, start again
+  finetune train recipes/spanish.yaml train.resume=auto   # continue from the last complete checkpoint
+exit status: 0 done; 2 a recipe, data or output_dir problem; 130 interrupted"""
+CHECK_EXAMPLES = """examples:
+  finetune check recipes/spanish.yaml
+  finetune check recipes/spanish.yaml model.name=openai/whisper-small data.num_proc=8
+exit status: 0 usable; 2 a recipe, data, model or output_dir problem (every problem listed)"""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune Whisper with LoRA from a recipe.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/spanish.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.learning_rate=5.0e-4")
     parser.add_argument("--check", action="store_true",
                         help="validate recipe, data, model and output_dir; train nothing, write nothing")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the outputs of the run output_dir already holds, then start afresh")
-    return parser.parse_intermixed_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     check_output_path(recipe)
 
-    # 2. Training arguments: this also joins the process group when started by `accelerate launch`.
+    # 2. Training arguments (trackers in train.report_to checked): this also joins the process group when started
+    #    by `accelerate launch`.
     training_args = training_arguments(recipe)
     log.info("Recipe %s, world size %d, device %s", args.recipe, training_args.world_size, training_args.device)
     check_cpu_threads(training_args)
@@ -67,17 +79,14 @@ def run(args: argparse.Namespace) -> int:
     if claim and is_main_process():
         save_run_info(recipe, sys.argv, training_args.world_size)
 
-    # 4. Processor and model: base Whisper, language/task on its generation config, LoRA adapters on top.
+    # 4. Processor and model: base Whisper, language/task/decoding on its generation config, SpecAugment, LoRA.
     processor = load_processor(recipe.model)
-    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-    set_decoding(model.get_base_model(), recipe.eval)
-    set_spec_augment(model.get_base_model(), recipe.augment)
+    model = build_model(recipe)
     log.info("Trainable parameters: %d of %d", *count_parameters(model))
 
-    # 5. Data: decoded to 16 kHz mono, tokenized, filtered (drops counted per source), features cached.
-    #    Replay sources are mixed into train; unlabeled ones are transcribed once by the base model (cached).
-    data = load_data(recipe.data, processor, recipe.augment, recipe.train.seed, training_args.main_process_first,
-                     labeler=PseudoLabeler(recipe, model, processor))
+    # 5. Data: decoded to 16 kHz mono, tokenized, filtered (drops counted per source), cached; the main process
+    #    prepares it first. Replay sources are mixed into train; unlabeled ones are transcribed once by the base model.
+    data = build_data(recipe, processor, model, training_args)
     if args.check:
         print(counts_table(data.counts))
         log.info("Check passed: recipe, model, data and output_dir are usable. Nothing was trained or written.")
@@ -88,45 +97,35 @@ def run(args: argparse.Namespace) -> int:
 
     # 6. Train (frozen encoder: on encoder outputs computed once); the best adapter by eval WER is saved to
     #    <output_dir>/adapter.
-    train_data = cache_encoder_outputs(recipe, model, processor, data, training_args.device,
-                                       training_args.main_process_first)
-    trainer = build_trainer(recipe, model, processor, train_data, training_args, claim)
+    trainer, train_data = build_training(recipe, model, processor, data, training_args, claim)
     training = train(trainer)
     adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
+    if not is_main_process():  # steps 7-10 run on the main process alone, from the saved adapter
+        return 0
 
-    # 7. Adapter strength (main process): score strengths between the base model (0) and the adapter as trained (1)
-    #    on the eval set and the guard sets; the best one that keeps every guard set is baked into the adapter.
-    strength = adapter_strength(recipe, trainer.model, processor, train_data, adapter_dir) \
-        if is_main_process() else None
+    # 7. Adapter strength: score strengths between the base model (0) and the adapter as trained (1) on the eval
+    #    set and the guard sets; the best one that keeps every guard set is baked into the adapter.
+    strength = adapter_strength(recipe, trainer.model, processor, train_data, adapter_dir)
 
-    # 8. Merge the adapter at that strength into a full checkpoint and check parity (main process).
+    # 8. Merge the adapter at that strength into a full checkpoint and check parity.
     merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
-        if recipe.output.merge and is_main_process() else None
+        if recipe.output.merge else None
 
-    # 9. Evaluate and report (main process): zero-shot vs fine-tuned on every test set, with error bars ->
-    #    report.{json,md,html}.
+    # 9. Evaluate and report: zero-shot vs fine-tuned on every test set, with error bars -> report.{json,md,html}.
     report = final_report(recipe, trainer.model, processor, data, training, trainer.state.log_history, merged,
-                          strength) if is_main_process() else None
+                          strength)
 
-    # 10. Publish (hub.push, main process): adapter and/or merged model with a model card; failures leave outputs be.
+    # 10. Publish (hub.push): adapter and/or merged model with a model card; failures leave outputs be.
     publish(recipe)
-    if report:
-        log.info("Done. %s", final_line(report))
+    log.info("Done. %s", final_line(report))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    try:
-        return run(parse_args(argv))
-    except (RecipeError, OutputDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
-        message = interrupted_message()
-        if message:
-            print(f"error: {message}", file=sys.stderr)
-        return 130
+    """`python finetune/run.py ARGS` is `finetune train ARGS`."""
+    from finetune.cli import main as finetune
+
+    return finetune(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import yaml
 
 from finetune.checkpoints import (MARK_FILE, RUN_OUTPUTS, clean_leftovers, complete_checkpoints, read_mark,
                                   remove_outputs)
+from finetune.errors import UserError
 from finetune.lock import LockBusy, OutputLock, hold_lock
 from finetune.outputs import is_main_process, log
 from finetune.recipe import Recipe, RecipeError
@@ -34,7 +35,7 @@ NOT_TRAINING = ("output_dir", "train.resume", "train.save_total_limit", "train.l
 MIN_FREE_BYTES = 200 * 2**20  # checkpoints, reports and logs of even a tiny model
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(UserError, RuntimeError):
     """The output directory cannot be used as asked; the message says why and what to do (exit status 2)."""
 
 

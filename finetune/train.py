@@ -16,10 +16,11 @@ from finetune.collator import SpeechCollator
 from finetune.data import PreparedData
 from finetune.metrics import compute_metrics_fn
 from finetune.model import precision_context
-from finetune.outputs import atomic_dir, log
+from finetune.outputs import atomic_dir, is_main_process, log
 from finetune.packing import TrainingWindows
 from finetune.recipe import Recipe
 from finetune.run_dir import Claim
+from finetune.tracking import check_trackers
 
 ADAPTER_DIR = "adapter"  # <output_dir>/adapter: the best adapter and the processor
 
@@ -43,6 +44,7 @@ def check_cpu_threads(args: Seq2SeqTrainingArguments) -> None:
 def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
     """Every recipe field mapped explicitly; the fixed settings below are what Whisper + LoRA need."""
     t, e = recipe.train, recipe.eval
+    check_trackers(recipe)
     return Seq2SeqTrainingArguments(
         output_dir=recipe.output_dir,
         learning_rate=t.learning_rate,
@@ -61,6 +63,7 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
         # "element 0 of tensors does not require grad", and under DDP with "marked as ready twice").
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
+        report_to=t.report_to,
         save_total_limit=None,  # WhisperTrainer rotates itself, counting complete checkpoints only
         seed=t.seed,
         dataloader_num_workers=t.dataloader_num_workers,
@@ -101,7 +104,7 @@ class WhisperTrainer(Seq2SeqTrainer):
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         self.accelerator.wait_for_everyone()  # every rank's files (optimizer shards, RNG state) are on disk
-        if self.args.should_save and self.claim is not None:
+        if is_main_process() and self.claim is not None:
             out = Path(self._get_output_dir(trial=trial))
             mark_complete(out / f"checkpoint-{self.state.global_step}", self.claim.mark(self.state.global_step))
             rotate(out, self.keep, self.state.best_model_checkpoint)
@@ -191,7 +194,7 @@ def whole_run_metrics(history: list[dict], steps: int, claim: Claim, session: di
 def save_adapter(trainer: Seq2SeqTrainer, processor, output_dir: str) -> Path:
     """The best adapter (peft format) and the processor in <output_dir>/adapter, written atomically."""
     final = Path(output_dir) / ADAPTER_DIR
-    if trainer.is_world_process_zero():
+    if is_main_process():
         with atomic_dir(final) as tmp:
             trainer.model.save_pretrained(tmp)
             processor.save_pretrained(tmp)

@@ -1,4 +1,4 @@
-"""Long-form transcription of audio and video files with segment timestamps (what scripts/transcribe.py runs).
+"""Long-form transcription of audio and video files with segment timestamps (what `finetune transcribe` runs).
 
 Whisper's own sequential algorithm, as transformers' generate() implements it: 30 s windows, each window's last
 complete timestamp decides where the next starts, temperature fallback when a window's output looks like a loop
@@ -11,22 +11,17 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.model import eager_attention
+from finetune.model import eager_attention, load_model, load_processor
 from finetune.recipe import SAMPLE_RATE, ModelConfig
 
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 WINDOW_FRAMES = 3000  # one 30 s window
-
-
-class AudioError(Exception):
-    """A file that cannot be transcribed; the message names the file and what to do."""
 
 
 @dataclass
@@ -51,46 +46,6 @@ class DecodeOptions:
                    logprob_threshold=None, no_speech_threshold=None)
 
 
-def _open(path: str | Path):
-    """torchcodec's decoder of the file's best audio stream (16 kHz mono), or an AudioError saying why not."""
-    from torchcodec.decoders import AudioDecoder
-
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if not path.is_file():
-        raise AudioError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
-    try:
-        return AudioDecoder(str(path), sample_rate=SAMPLE_RATE, num_channels=1)
-    except ValueError as err:
-        if "audio stream" in str(err):
-            raise AudioError(f"{path}: has no audio stream (a video without sound?)") from None
-        raise AudioError(f"{path}: cannot decode its audio ({str(err).splitlines()[0]})") from None
-    except RuntimeError as err:
-        why = str(err).splitlines()[0].rsplit(":", 1)[-1].replace(str(path), "").strip()
-        raise AudioError(f"{path}: not an audio or video file that ffmpeg can read ({why})") from None
-
-
-def probe_duration(path: str | Path) -> float:
-    """Seconds of audio, from the container's metadata (nothing decoded; decodes when the header has none)."""
-    duration = _open(path).metadata.duration_seconds
-    return float(duration) if duration else len(load_audio(path)) / SAMPLE_RATE
-
-
-def load_audio(path: str | Path) -> np.ndarray:
-    """Any file ffmpeg reads (audio, or the best audio stream of a video) -> float32 mono at 16 kHz."""
-    try:
-        samples = _open(path).get_all_samples()
-    except RuntimeError as err:  # opened, but a packet would not decode
-        raise AudioError(f"{path}: cannot decode its audio ({str(err).splitlines()[0]})") from None
-    waveform = samples.data[0].numpy().astype(np.float32, copy=False)
-    if waveform.size == 0:
-        raise AudioError(f"{path}: the audio stream holds no samples")
-    return waveform
-
-
 def pick_device(device: str = "auto") -> tuple[torch.device, str]:
     """CUDA when present (bf16 where supported, else fp16), else CPU in fp32; the dtype as model.dtype names it."""
     if device == "auto":
@@ -103,19 +58,12 @@ def pick_device(device: str = "auto") -> tuple[torch.device, str]:
 def load_for_inference(model_name: str, adapter: str | None = None, device: str = "auto",
                        revision: str | None = None) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
     """A checkpoint (local or Hub), with a peft adapter merged in when given, on the best device."""
-    from finetune.model import load_model, load_processor
-
     where, dtype = pick_device(device)
     cfg = ModelConfig(name=model_name, revision=revision, dtype=dtype)
     processor = load_processor(cfg)
-    model = load_model(cfg)
+    model = load_model(cfg, adapter)
     if adapter is not None:
-        from peft import PeftModel
-
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise AudioError(f"--adapter {adapter}: no adapter_config.json there (a peft adapter folder, e.g. "
-                             "runs/NAME/adapter)")
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # merged: no LoRA cost per token
+        model = model.merge_and_unload()  # merged: no LoRA cost per token
     model.config.use_cache = True
     return model.to(where).eval(), processor
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A datasets cache of this session alone (set before `datasets` is imported; subprocesses inherit it): a result
+# cached by an earlier session, or by the user's own runs, cannot hide a change to how rows are prepared.
+SESSION_CACHE = tempfile.mkdtemp(prefix="finetune-tests-datasets-")
+os.environ["HF_DATASETS_CACHE"] = SESSION_CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -24,6 +30,10 @@ needs_shared = pytest.mark.skipif(
     reason=f"needs the real Whisper base and es-synth corpus in {WHISPER_BASE.parents[1]} (../shared beside the "
            "checkout); a fresh clone of the project does not have them",
 )
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def points() -> dict[str, tuple[object, str]]:
         "save-state": (TrainerState, "save_to_json"),  # checkpoint save: files written, trainer state not yet
         "save-mark": (finetune.train, "mark_complete"),  # checkpoint save: everything but the completion mark
         "adapter": (transformers.WhisperProcessor, "save_pretrained"),  # 1: adapter/, 2: merged/ (temporary dirs)
-        "merge": (finetune.merge, "transcribe"),  # 2: merged/ written, parity not checked yet
+        "merge": (finetune.merge, "transcripts"),  # 2: merged/ written, parity not checked yet
         "report": (finetune.report, "write_text"),  # n-th report file
     }
 

@@ -14,7 +14,10 @@ import torch
 from datasets import IterableDataset
 from tiny import tone, write_audiofolder
 
-from finetune.data import SAMPLE_RATE, counts_table, load_data, prepare_source, save_data_report
+from finetune.data import load_data
+from finetune.data_counts import counts_table, save_data_report
+from finetune.recipe import SAMPLE_RATE
+from finetune.rows import prepare_source
 from finetune.collator import SpeechCollator
 from finetune.recipe import AugmentConfig, DataConfig, RecipeError, Source
 

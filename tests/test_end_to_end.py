@@ -3,49 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_recipe
+from runs import MODULE, TWO_RANKS, first_logged_step, free_port, run_cli
 from tiny import BAD_ROWS, bad_input_corpus, tone
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = str(ROOT / "finetune" / "run.py")
-# Two gloo ranks on CPU. `--cpu --num_processes 2` would silently run ONE process (accelerate's DistributedType.NO).
-TWO_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
-
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_cli(recipe: dict, tmp_path: Path, *overrides: str, launcher: list[str] | None = None,
-            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    launch = launcher + ["--main_process_port", str(free_port())] if launcher else []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    done = subprocess.run([sys.executable, *launch, RUN, str(path), *overrides], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=tmp_path)
-    if check:
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return done
-
-
-def first_logged_step(output_dir: Path) -> dict:
-    state = json.loads(next(output_dir.glob("checkpoint-*/trainer_state.json")).read_text())
-    return next(entry for entry in state["log_history"] if "loss" in entry)
 
 
 def test_full_run_writes_every_output(tmp_path: Path, timestamp_model_dir: Path, corpus_dir: Path) -> None:
@@ -54,8 +23,9 @@ def test_full_run_writes_every_output(tmp_path: Path, timestamp_model_dir: Path,
     recipe = tiny_recipe(timestamp_model_dir, corpus_dir, out)
     recipe["data"]["windows"] = {"mode": "packed"}
     recipe["data"]["test"][0]["long_form_s"] = 30
-    done = run_cli(recipe, tmp_path)
+    done = run_cli(recipe, tmp_path, "train.report_to=tensorboard")
     assert "Traceback" not in done.stderr
+    assert list((out / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events in the run directory"
     for name in ["recipe.yaml", "environment.json", "dropped_rows.jsonl", "report.json", "report.md", "report.html",
                  "predictions.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
                  "merged/model.safetensors", "merged/generation_config.json"]:
@@ -135,7 +105,8 @@ def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Pa
     two = tmp_path / "two"
     # The two ranks also checkpoint activations (non-reentrant: reentrant fails with LoRA, and under DDP).
     done = run_cli(tiny_recipe(tiny_model_dir, even_corpus, two, train={**steps, "per_device_train_batch_size": 2}),
-                   tmp_path, "output.merge=false", "train.gradient_checkpointing=true", launcher=TWO_RANKS)
+                   tmp_path, "output.merge=false", "train.gradient_checkpointing=true", launcher=TWO_RANKS,
+                   entry=MODULE)  # accelerate launch -m finetune train
     environment = json.loads((two / "environment.json").read_text())
     assert environment["world_size"] == 2, "accelerate launch started one process, not two"
     assert "world size 2" in done.stderr
@@ -145,22 +116,6 @@ def test_two_ranks_train_with_the_loss_of_one(tmp_path: Path, tiny_model_dir: Pa
     assert ddp["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert ddp["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-3)
     assert (two / "report.json").is_file()
-
-
-def test_benchmark_writes_its_json(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "unused")))
-    output = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), str(recipe), "--steps", "2",
-                           "--eval-clips", "2", "--output", str(output)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(output.read_text())
-    assert result["world_size"] == 1 and result["torch_threads"] == 1 and result["device"] == "cpu"
-    assert result["train"]["steps"] == 2 and len(result["train"]["step_times_s"]) == 2
-    assert result["train"]["samples_per_s"] > 0 and result["eval"]["clips"] == 2
-    assert result["memory"]["peak_rss_gb"] > 0 and "torch" in result["versions"]
-    assert not (tmp_path / "unused").exists()  # benchmark outputs go to a temporary directory
 
 
 def test_bad_input_trains_on_the_good_rows_and_reports_every_bad_one(tmp_path: Path, tiny_model_dir: Path,

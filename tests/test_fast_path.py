@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -119,25 +118,19 @@ def test_bf16_trains_on_cpu_close_to_fp32(tmp_path, tiny_model_dir, even_corpus)
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_flop_count_covers_cpu_attention() -> None:
     """sdpa on CPU runs a kernel FlopCounterMode has no formula for; with ours its forward counts what eager
     attention (plain bmm) counts, and its backward is counted too (the flash backward also recomputes the
     attention scores: half a forward more than eager's)."""
-    benchmark = load_benchmark()
+    from finetune.speed import CPU_ATTENTION_FLOPS
+
     processor = tiny_processor()
     counts = {}
     for attn in ("eager", "sdpa"):
         for backward in (False, True):
             model = tiny_model(processor.tokenizer)
             model.config._attn_implementation = attn
-            counter = FlopCounterMode(display=False, custom_mapping=benchmark.CPU_ATTENTION_FLOPS)
+            counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
             with counter:
                 loss = model(input_features=torch.randn(2, 80, 3000), labels=torch.randint(0, 200, (2, 12))).loss
                 if backward:

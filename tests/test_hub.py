@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir: Path, corpus_dir: Path) -> Path:
-    from test_end_to_end import run_cli
+    from runs import run_cli
 
     tmp = tmp_path_factory.mktemp("hub-run")
     recipe = tiny_recipe(tiny_model_dir, corpus_dir, tmp / "run")
@@ -65,14 +65,14 @@ def test_hub_section_is_checked() -> None:
 
 
 def test_a_failed_push_leaves_the_run_whole(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
-    from test_end_to_end import free_port, run_cli
+    from runs import free_port, run_cli
 
     recipe = tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")
     recipe["hub"] = {"push": True, "repo_id": "someone/whisper-tiny-es"}  # the Hub endpoint: a closed local port
     closed = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
               "HF_TOKEN": "hf_not_a_secret"}
     done = run_cli(recipe, tmp_path, env=closed)  # exits 0: training, merge and reports are done and kept
-    assert "Push failed; the run's outputs are intact. Retry with: python scripts/push.py" in done.stderr
+    assert "Push failed; the run's outputs are intact. Retry with: finetune push" in done.stderr
     assert "failed 4 times" in done.stderr and "hf_not_a_secret" not in done.stdout + done.stderr
     assert (tmp_path / "run" / "report.json").is_file()
     assert (tmp_path / "run" / "merged" / "model.safetensors").is_file()
@@ -148,7 +148,7 @@ def test_push_retries_then_explains_401_and_403(tmp_path: Path, finished_run: Pa
 def test_a_run_with_push_uploads_and_never_writes_the_token(tmp_path: Path, tiny_model_dir: Path,
                                                            corpus_dir: Path) -> None:
     from hub_server import FakeHub
-    from test_end_to_end import run_cli
+    from runs import run_cli
 
     token = "hf_test_token"
     recipe = tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")

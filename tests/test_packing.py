@@ -10,7 +10,8 @@ from conftest import tiny_recipe
 from tiny import tone, write_audiofolder
 
 from finetune.collator import IGNORE_INDEX, SpeechCollator
-from finetune.data import decode_audio, load_data
+from finetune.audio import decode_audio
+from finetune.data import load_data
 from finetune.model import load_processor
 from finetune.packing import SpecialTokens, TrainingWindows, concatenate, plan_windows, window_labels
 from finetune.recipe import SAMPLE_RATE, validate

@@ -11,7 +11,7 @@ from pathlib import Path
 import jiwer
 import pytest
 from conftest import needs_shared
-from test_end_to_end import run_cli
+from runs import run_cli
 from tiny import ES_SYNTH, SHARED, WHISPER_BASE
 
 from finetune.recipe import load_recipe

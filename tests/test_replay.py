@@ -8,7 +8,8 @@ import pytest
 from conftest import tiny_recipe
 
 import finetune.replay as replay
-from finetune.data import label_ids, load_data
+from finetune.data import load_data
+from finetune.rows import label_ids
 from finetune.model import add_lora, load_model, load_processor, set_decoding
 from finetune.recipe import RecipeError, validate
 

@@ -6,7 +6,6 @@ import html
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,12 @@ from conftest import tiny_recipe
 from tiny import tone
 
 import finetune.report
-from finetune.data import SourceCount
+from finetune.data_counts import SourceCount
 from finetune.metrics import analyse, normalizer_for
 from finetune.recipe import EvalConfig
-from finetune.report import build_report, final_line, html_page, markdown, write_reports
+from finetune.report import build_report, write_reports
+from finetune.report_html import html_page
+from finetune.report_text import final_line, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 _, BASIC = normalizer_for("es", None)
@@ -136,7 +137,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_evaluate_script_scores_a_run(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path) -> None:
-    from test_end_to_end import run_cli
+    from runs import finetune, run_cli
 
     out = tmp_path / "run"
     recipe = tiny_recipe(tiny_model_dir, corpus_dir, out)
@@ -144,9 +145,8 @@ def test_evaluate_script_scores_a_run(tmp_path: Path, tiny_model_dir: Path, corp
     run_cli(recipe, tmp_path)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--sets", "tiny test",
-                           "--output", str(tmp_path / "eval"), "eval.guard_threshold=1000"],
-                          capture_output=True, text=True, timeout=600)
+    done = finetune("evaluate", str(path), "--sets", "tiny test", "--output", str(tmp_path / "eval"),
+                    "eval.guard_threshold=1000")
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "report.json").read_text())
     first = json.loads((out / "report.json").read_text())
@@ -156,17 +156,15 @@ def test_evaluate_script_scores_a_run(tmp_path: Path, tiny_model_dir: Path, corp
         assert again["sets"]["tiny test"][model]["wer"] == first["sets"]["tiny test"][model]["wer"]
     assert first["sets"]["guard"]["guard"] is True
     # Base + adapter instead of the merged checkpoint: the zero-shot model is that base with LoRA off.
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--sets", "tiny test",
-                           "--adapter", str(out / "adapter"), "--output", str(tmp_path / "eval-adapter")],
-                          capture_output=True, text=True, timeout=600)
+    done = finetune("evaluate", str(path), "--sets", "tiny test", "--adapter", str(out / "adapter"),
+                    "--output", str(tmp_path / "eval-adapter"))
     assert done.returncode == 0, done.stderr[-3000:]
     adapter = json.loads((tmp_path / "eval-adapter" / "report.json").read_text())
     for model in ("zero_shot", "fine_tuned"):
         assert adapter["sets"]["tiny test"][model]["wer"] == first["sets"]["tiny test"][model]["wer"]
-    # Steps 6-8 again on the trained run, with another strength grid: new choice, baked, merged, reported.
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--choose-strength",
-                           "output.scale_grid=[0.0, 1.0]", "output.scale_search=full"],
-                          capture_output=True, text=True, timeout=600)
+    # Steps 7-9 again on the trained run, with another strength grid: new choice, baked, merged, reported.
+    done = finetune("evaluate", str(path), "--choose-strength", "output.scale_grid=[0.0, 1.0]",
+                    "output.scale_search=full")
     assert done.returncode in (0, 1), done.stderr[-3000:]
     redone = json.loads((out / "report.json").read_text())
     assert [p["scale"] for p in redone["adapter_scale"]["points"]] == [0.0, 1.0]
@@ -174,13 +172,12 @@ def test_evaluate_script_scores_a_run(tmp_path: Path, tiny_model_dir: Path, corp
     assert json.loads((out / "adapter" / "adapter_scale.json").read_text())["scale"] == \
         redone["adapter_scale"]["chosen"]
     assert redone["training"]["global_step"] == 2 and redone["merged"]["parity"]["ok"]
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(path), "--sets", "nope"],
-                         capture_output=True, text=True, timeout=600)
+    bad = finetune("evaluate", str(path), "--sets", "nope")
     assert bad.returncode == 2 and "no test set named ['nope']" in bad.stderr
 
 
 def test_guard_sets_without_a_baseline_are_reported_unchecked() -> None:
-    from finetune.report import regression_lines
+    from finetune.report_text import regression_lines
 
     sets = {"English": {"guard": True, "fine_tuned": {"wer": 11.0}}, "es": {"guard": False, "fine_tuned": {}}}
     assert regression_lines({"regressions": [], "sets": sets}) == [

@@ -18,11 +18,12 @@ import torch
 
 from conftest import ROOT, needs_shared
 from tiny import ES_SYNTH, WHISPER_BASE, tiny_processor, tone
+from finetune.audio import AudioError, load_audio, probe_duration
 from finetune.export import ExportError, check_source, convert
 from finetune.metrics import normalizer_for, score
-from finetune.transcription import (AudioError, DecodeOptions, batches_by_length, load_audio, load_for_inference,
-                                    probe_duration, transcribe_batch,
-                                    temperature_ladder, to_result, words)
+from finetune.recipe import RecipeError
+from finetune.transcription import (DecodeOptions, batches_by_length, load_for_inference, temperature_ladder,
+                                    to_result, transcribe_batch, words)
 from finetune.writers import WRITERS, SubtitleLayout, format_timestamp, write_result
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (scripts/setup.sh)")
@@ -184,10 +185,12 @@ def test_load_audio_reads_video_and_reports_bad_files(tmp_path: Path) -> None:
     (["--output_format", "docx"], "invalid choice: 'docx'"),
     (["--beam_size", "0"], "--beam_size and --batch_size must be at least 1"),
 ])
-def test_cli_rejects_bad_options_before_loading_anything(args: list[str], message: str) -> None:
-    done = subprocess.run([sys.executable, str(TRANSCRIBE), "x.wav", "--model", "nowhere", *args],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and message in done.stderr, done.stderr
+def test_cli_rejects_bad_options_before_loading_anything(args: list[str], message: str, capsys) -> None:
+    from finetune.cli import main
+
+    with pytest.raises(SystemExit) as exit_status:
+        main(["transcribe", "x.wav", "--model", "nowhere", *args])
+    assert exit_status.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_export_converts_a_checkpoint_for_faster_whisper(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -293,5 +296,5 @@ def test_adapter_is_merged_for_inference(tmp_path: Path, tiny_model_dir: Path) -
     with torch.no_grad():
         merged = model(input_features=features, decoder_input_ids=torch.tensor([[1, 2]])).logits
     assert torch.allclose(merged, expected, atol=1e-5)
-    with pytest.raises(AudioError, match="no adapter_config.json"):
+    with pytest.raises(RecipeError, match="no adapter_config.json"):
         load_for_inference(str(tiny_model_dir), str(tmp_path), device="cpu")
