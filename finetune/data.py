@@ -92,7 +92,7 @@ def prepare_replay(cfg: DataConfig, processor: Any, store_features: bool,
         if src.pseudo_label:
             if labeler is None:
                 raise RecipeError("data", [f"{src.label}: pseudo_label needs the base model to transcribe it; this "
-                                           "entry point has none (use finetune/run.py)"])
+                                           "entry point has none (use finetune train)"])
             kept = labeler(kept, count)
         parts.append(kept)
         counts.append(count)

@@ -139,7 +139,7 @@ def upload(folder: Path, repo_id: str, private: bool, revision: str | None, mess
             log.warning("Upload to %s failed (%s); retrying in %d s", repo_id, failure, 2 ** (attempt + 1))
             time.sleep(2 ** (attempt + 1))
     raise RecipeError("hub", [f"upload to {repo_id!r} failed {RETRIES} times ({failure}); nothing local was "
-                              f"changed: run scripts/push.py again when the Hub is reachable"])
+                              f"changed: run `finetune push RUN_DIR` again when the Hub is reachable"])
 
 
 def is_network_error(err: Exception) -> bool:

@@ -1,6 +1,6 @@
 """Long-form evaluation with timestamp accuracy: a test set's clips, concatenated in order into files of a few
 minutes with known boundaries, transcribed with Whisper's sequential long-form algorithm (finetune/transcription.py,
-what scripts/transcribe.py runs), scored for WER and for how far the predicted segment edges fall from the true clip
+what `finetune transcribe` runs), scored for WER and for how far the predicted segment edges fall from the true clip
 boundaries.
 
 Boundary error: for every point where one clip ends and the next begins, the distance (s) to the nearest predicted

@@ -214,7 +214,7 @@ class OutputConfig(Section):
 class HubConfig(Section):
     """Publishing to the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`, never from here."""
 
-    push: bool = Field(False, description="upload at the end of a run (or later: python scripts/push.py RUN_DIR)")
+    push: bool = Field(False, description="upload at the end of a run (or later: finetune push RUN_DIR)")
     repo_id: str | None = Field(None, description="user-or-org/name")
     private: bool = True
     upload: Literal["adapter", "merged", "both"] = Field("adapter", description="both: the merged model goes to "

@@ -70,3 +70,22 @@ def test_train_evaluate_and_benchmark_build_the_same_model(tmp_path: Path, tiny_
                      "lora": (4, 8.0, ["fc1", "fc2", "k_proj", "out_proj", "q_proj", "v_proj"])}
     pipeline = build_pipeline(recipe)  # what the tests build with
     assert settings(pipeline.model) == train and pipeline.trainer.model is pipeline.model
+
+
+def test_trainer_arguments_are_the_recipe_or_declared_fixed(tmp_path: Path, tiny_model_dir: Path, corpus_dir: Path,
+                                                             monkeypatch) -> None:
+    """Every Seq2SeqTrainingArguments field train.py sets is a train.* field or in MANAGED_TRAINING_ARGUMENTS (which
+    train.extra may not override), and every managed one is set: the whitelist cannot drift from train.py."""
+    import finetune.train
+    from finetune.recipe_sections import MANAGED_TRAINING_ARGUMENTS, TrainConfig
+
+    passed: dict = {}
+    monkeypatch.setattr(finetune.train, "Seq2SeqTrainingArguments", lambda **kwargs: passed.update(kwargs))
+    finetune.train.training_arguments(validate(tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")))
+    recipe_fields = set(TrainConfig.model_fields) - {"extra", "cache_encoder", "resume", "save_total_limit",
+                                                     "gradient_checkpointing"}
+    assert set(passed) - recipe_fields <= MANAGED_TRAINING_ARGUMENTS | {"save_total_limit"}
+    # Managed without being passed: decoding comes from the eval section through the generation config, resuming
+    # from the run directory, checkpointing options from activation_checkpointing_kwargs.
+    unset = {"generation_max_length", "generation_num_beams", "resume_from_checkpoint", "gradient_checkpointing_kwargs"}
+    assert MANAGED_TRAINING_ARGUMENTS - unset <= set(passed)

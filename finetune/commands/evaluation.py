@@ -1,10 +1,10 @@
 """Evaluate a fine-tuned Whisper against its zero-shot base on a recipe's test sets; write the reports.
 
-Run as `finetune evaluate` (or `python scripts/evaluate.py`), examples below.
+Run as `finetune evaluate`, examples below.
 
 --choose-strength: on a trained run (its adapter/, or --adapter), choose the adapter strength again with the
 recipe's eval and guard sets as it stands now (e.g. after adding a guard set, or changing output.scale_grid),
-bake it into the adapter, merge it into <output_dir>/merged and write the run's reports: finetune/run.py's steps
+bake it into the adapter, merge it into <output_dir>/merged and write the run's reports: `finetune train`'s steps
 7-9, from the adapter as trained.
 
 Baseline: the recipe's base model (model.name), zero-shot. Fine-tuned: --model (a full checkpoint, e.g. a merged
