@@ -12,14 +12,10 @@ import torch
 
 from finetune.collator import SpeechCollator
 from finetune.model import eager_attention
+from finetune.rows import prefix_ids
 
 PICTURED = 3  # utterances per report
 ENCODER_FRAME_S = 0.02  # one encoder position = 20 ms of audio
-
-
-def prefix_ids(tokenizer: Any, language: str, task: str) -> list[int]:
-    return tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", f"<|{task}|>",
-                                            "<|notimestamps|>"])
 
 
 @torch.inference_mode()

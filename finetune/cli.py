@@ -82,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         module.check_arguments(parser, args)  # combinations argparse cannot express: usage error, exit 2
     if argv[0] == "check":
         args.check = True
-    return guarded(module.run, args)
+    return guarded(module.run, args, training=argv[0] in ("train", "check"))
 
 
-def guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command: a problem the user can fix is one message and exit 2, Ctrl-C one line and exit 130."""
+def guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, training: bool = False) -> int:
+    """Run a command: a problem the user can fix is one message and exit 2, Ctrl-C one line and exit 130 (a
+    training run's line says where it can resume; other ranks print none)."""
     from finetune.outputs import setup_logging
     from finetune.run_dir import interrupted_message
 
@@ -97,6 +98,7 @@ def guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # not a traceback; a training run says where it can resume
-        message = interrupted_message()
-        print(f"error: {message or 'interrupted'}", file=sys.stderr)
+        message = interrupted_message() if training else "interrupted"
+        if message:
+            print(f"error: {message}", file=sys.stderr)
         return 130

@@ -29,14 +29,19 @@ def test_loss_lines(counts: list[SourceCount]) -> list[str]:
     """One line per test set that lost rows: how many, why, and that its scores cover only the rest."""
     return [f"Test set {c.source!r} lost {c.rows - c.kept} of {c.rows} rows ({100 * (c.rows - c.kept) / c.rows:.0f} "
             f"%: {', '.join(f'{why}: {n}' for why, n in c.dropped.items())}); its scores cover the {c.kept} kept"
-            for c in counts if c.split == "test" and c.rows and c.kept < c.rows]
+            for c in counts if lost_share(c) > 0]
+
+
+def lost_share(count: SourceCount) -> float:
+    """The share of a test set's rows that were dropped (0 for other splits and streamed sources)."""
+    return (count.rows - count.kept) / count.rows if count.split == "test" and count.rows else 0.0
 
 
 def check_test_losses(counts: list[SourceCount], max_share: float) -> None:
     """Warn about every test set that lost rows; stop when one lost more than `max_share` of them."""
     for line in test_loss_lines(counts):
         log.warning(line)
-    over = [c for c in counts if c.split == "test" and c.rows and (c.rows - c.kept) / c.rows > max_share]
+    over = [c for c in counts if lost_share(c) > max_share]
     if over:
         raise RecipeError("data", [f"test set {c.source!r} lost {c.rows - c.kept} of {c.rows} rows, more than "
                                    f"data.max_test_dropped={max_share:g} allows: {lost_rows(c)}. Fix those files, or "

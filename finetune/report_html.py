@@ -15,6 +15,7 @@ from typing import Any
 
 from finetune.longform import LONG_FORM_HEADER, LONG_FORM_NOTE, long_form_rows
 from finetune.report_plots import MODEL_STYLE, figures
+from finetune.report_text import shows_change, strength_grid
 
 # per-set metrics and their column headers (short, so the table fits the page)
 METRICS = {"wer": "WER", "cer": "CER", "wer_ortho": "WER as written", "cer_ortho": "CER as written",
@@ -95,26 +96,24 @@ def strength_section(report: dict[str, Any], figure: str) -> str:
         return ""
     if strength["mode"] == "fixed":
         return f"<h2>Adapter strength</h2><p>Fixed by the recipe: <b>{strength['chosen']:g}</b> (1 = as trained).</p>"
-    names = [strength["in_domain_set"], *strength["guards"]]
+    names, points = strength_grid(strength)
     rows, classes = [], []
-    for point in strength["points"]:
-        cells = [f"{point['scale']:g}"]
-        for name in names:
-            e = point["sets"].get(name)
-            if e is None:
-                cells.append('<span class="muted">not scored</span>')
-                continue
-            cell = f"{e['wer']:.2f} <span class=\"muted\">({e['low']:.1f}-{e['high']:.1f})</span>"
-            if e["role"] == "guard" and point["scale"] != 0.0:
-                kind = "worse" if e["significantly_worse"] else "muted"
-                cell += f' <span class="{kind}">{e["delta"]:+.2f}</span>'
-            cells.append(cell)
-        rows.append(cells)
+    for point, entries in points:
+        rows.append([f"{point['scale']:g}", *[_strength_cell(e, point) for e in entries]])
         classes.append("chosen" if point["scale"] == strength["chosen"] else "")
     return (f"<h2>Adapter strength</h2><p>Shipped strength <b>{strength['chosen']:g}</b> (0 = base model, 1 = as "
             f"trained): {esc(strength['reason'])}.</p>{figure}"
             + _table(["strength", *[esc(n) + (" (guard, &Delta; vs 0)" if n in strength["guards"] else " (in-domain)")
                                     for n in names]], rows, classes=classes))
+
+
+def _strength_cell(e: dict[str, Any] | None, point: dict[str, Any]) -> str:
+    if e is None:
+        return '<span class="muted">not scored</span>'
+    cell = f"{e['wer']:.2f} <span class=\"muted\">({e['low']:.1f}-{e['high']:.1f})</span>"
+    if shows_change(e, point):
+        cell += f' <span class="{"worse" if e["significantly_worse"] else "muted"}">{e["delta"]:+.2f}</span>'
+    return cell
 
 
 def _audio(path: str | None) -> str:

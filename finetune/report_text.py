@@ -52,22 +52,27 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def strength_table(strength: dict[str, Any]) -> str:
     """Adapter strength -> in-domain and guard WER (with intervals; guards: change from strength 0)."""
-    names = [strength["in_domain_set"], *strength["guards"]]
+    names, points = strength_grid(strength)
     lines = ["| strength | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for point in strength["points"]:
-        cells = []
-        for name in names:
-            e = point["sets"].get(name)
-            if e is None:
-                cells.append("not scored")
-                continue
-            cell = f"{e['wer']:.2f} ({e['low']:.2f}-{e['high']:.2f})"
-            if e["role"] == "guard" and point["scale"] != 0.0:
-                cell += f", {e['delta']:+.2f}{' significant' if e['significantly_worse'] else ''}"
-            cells.append(cell)
+    for point, entries in points:
+        cells = ["not scored" if e is None else f"{e['wer']:.2f} ({e['low']:.2f}-{e['high']:.2f})" +
+                 (f", {e['delta']:+.2f}{' significant' if e['significantly_worse'] else ''}"
+                  if shows_change(e, point) else "") for e in entries]
         mark = " **chosen**" if point["scale"] == strength["chosen"] else ""
         lines.append(f"| {point['scale']:g}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def strength_grid(strength: dict[str, Any]) -> tuple[list[str], list[tuple[dict, list[dict | None]]]]:
+    """The strength table's content, for Markdown and HTML alike: the set names (in-domain first), and per
+    strength its point and each set's entry (None: not scored at that strength)."""
+    names = [strength["in_domain_set"], *strength["guards"]]
+    return names, [(point, [point["sets"].get(name) for name in names]) for point in strength["points"]]
+
+
+def shows_change(entry: dict[str, Any], point: dict[str, Any]) -> bool:
+    """Guard sets show their change from strength 0 (at 0 itself there is none)."""
+    return entry["role"] == "guard" and point["scale"] != 0.0
 
 
 def strength_lines(report: dict[str, Any]) -> list[str]:

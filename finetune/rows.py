@@ -28,11 +28,16 @@ FEATURE_WRITER_BATCH = 64  # rows per Arrow write when storing features (~1 MB e
 WAVEFORM_WRITER_BATCH = 100  # rows per Arrow write when storing waveforms (64 kB per second of audio)
 
 
+def prefix_ids(tokenizer: Any, language: str, task: str) -> list[int]:
+    """<|startoftranscript|><|language|><|task|><|notimestamps|>: what a transcript without timestamps follows."""
+    return tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", f"<|{task}|>",
+                                            "<|notimestamps|>"])
+
+
 def label_ids(tokenizer: Any, text: str, language: str) -> list[int]:
-    """<|startoftranscript|><|language|><|task|><|notimestamps|> text <|endoftext|>, for any row's language."""
-    prefix = ["<|startoftranscript|>", f"<|{language}|>", f"<|{tokenizer.task or 'transcribe'}|>", "<|notimestamps|>"]
+    """The prefix, the text and <|endoftext|>, for any row's language."""
     text_ids = tokenizer(text, add_special_tokens=False).input_ids
-    return tokenizer.convert_tokens_to_ids(prefix) + text_ids + [tokenizer.eos_token_id]
+    return prefix_ids(tokenizer, language, tokenizer.task or "transcribe") + text_ids + [tokenizer.eos_token_id]
 
 
 def normalize_text(text: str, cfg: TextNormalization) -> str:

@@ -77,7 +77,8 @@ def test_trainer_arguments_are_the_recipe_or_declared_fixed(tmp_path: Path, tiny
     """Every Seq2SeqTrainingArguments field train.py sets is a train.* field or in MANAGED_TRAINING_ARGUMENTS (which
     train.extra may not override), and every managed one is set: the whitelist cannot drift from train.py."""
     import finetune.train
-    from finetune.recipe_sections import MANAGED_TRAINING_ARGUMENTS, TrainConfig
+    from finetune.recipe_sections import TrainConfig
+    from finetune.trainer_fields import MANAGED_TRAINING_ARGUMENTS
 
     passed: dict = {}
     monkeypatch.setattr(finetune.train, "Seq2SeqTrainingArguments", lambda **kwargs: passed.update(kwargs))
