@@ -21,7 +21,7 @@ from finetune.model import add_lora, load_model, load_processor, set_decoding, s
 from finetune.recipe import Recipe
 from finetune.replay import PseudoLabeler
 from finetune.run_dir import Claim
-from finetune.train import WhisperTrainer, build_trainer, training_arguments
+from finetune.train import WhisperTrainer, build_trainer, is_sharded, training_arguments
 
 
 def configure(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
@@ -54,6 +54,14 @@ def build_training(recipe: Recipe, model: PeftModel, processor: WhisperProcessor
     (computed once, cached) instead of audio."""
     data = cache_encoder_outputs(recipe, model, processor, data, args.device, args.main_process_first)
     return build_trainer(recipe, model, processor, data, args, claim), data
+
+
+def trained_model(trainer: WhisperTrainer, recipe: Recipe, adapter_dir: str | Path) -> PeftModel:
+    """The tuned model one process can score and merge: the trainer's own, or, after sharded training (FSDP,
+    DeepSpeed ZeRO-3: each rank holds a part), the saved adapter on a fresh base model on this process's device."""
+    if not is_sharded(trainer):
+        return trainer.model
+    return build_model(recipe, adapter_dir).to(trainer.args.device).eval()
 
 
 @dataclass

@@ -33,7 +33,7 @@ from finetune.hub import publish  # noqa: E402
 from finetune.merge import merge_adapter  # noqa: E402
 from finetune.model import count_parameters, load_processor  # noqa: E402
 from finetune.outputs import is_main_process, log, save_run_info  # noqa: E402
-from finetune.pipeline import build_data, build_model, build_training  # noqa: E402
+from finetune.pipeline import build_data, build_model, build_training, trained_model  # noqa: E402
 from finetune.recipe import load_recipe  # noqa: E402
 from finetune.report import final_report  # noqa: E402
 from finetune.report_text import final_line  # noqa: E402
@@ -99,21 +99,21 @@ def run(args: argparse.Namespace) -> int:
     #    <output_dir>/adapter.
     trainer, train_data = build_training(recipe, model, processor, data, training_args, claim)
     training = train(trainer)
-    adapter_dir = save_adapter(trainer, processor, recipe.output_dir)
-    if not is_main_process():  # steps 7-10 run on the main process alone, from the saved adapter
+    adapter_dir = save_adapter(trainer, recipe.output_dir)
+    if not is_main_process():  # steps 7-10 run on the main process alone
         return 0
+    tuned = trained_model(trainer, recipe, adapter_dir)  # sharded training (FSDP, ZeRO-3): from the saved adapter
 
     # 7. Adapter strength: score strengths between the base model (0) and the adapter as trained (1) on the eval
     #    set and the guard sets; the best one that keeps every guard set is baked into the adapter.
-    strength = adapter_strength(recipe, trainer.model, processor, train_data, adapter_dir)
+    strength = adapter_strength(recipe, tuned, processor, train_data, adapter_dir)
 
     # 8. Merge the adapter at that strength into a full checkpoint and check parity.
     merged = merge_adapter(recipe, adapter_dir, processor, first_rows(data.eval, recipe.output.parity_clips)) \
         if recipe.output.merge else None
 
     # 9. Evaluate and report: zero-shot vs fine-tuned on every test set, with error bars -> report.{json,md,html}.
-    report = final_report(recipe, trainer.model, processor, data, training, trainer.state.log_history, merged,
-                          strength)
+    report = final_report(recipe, tuned, processor, data, training, trainer.state.log_history, merged, strength)
 
     # 10. Publish (hub.push): adapter and/or merged model with a model card; failures leave outputs be.
     publish(recipe)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from finetune.metrics import compute_metrics_fn
 from finetune.model import precision_context
 from finetune.outputs import atomic_dir, is_main_process, log
 from finetune.packing import TrainingWindows
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, RecipeError
 from finetune.run_dir import Claim
 from finetune.tracking import check_trackers
 
@@ -42,9 +43,32 @@ def check_cpu_threads(args: Seq2SeqTrainingArguments) -> None:
 
 
 def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
+    """The recipe's training arguments; under `accelerate launch` this joins the process group. A DeepSpeed config
+    without DeepSpeed installed is a clear error; sharding the launcher asked for but cannot apply, a warning."""
+    check_trackers(recipe)
+    try:
+        args = trainer_arguments(recipe)
+    except ImportError as err:  # the accelerate config asks for DeepSpeed: transformers imports it here
+        raise RecipeError("accelerate config", [f"it asks for DeepSpeed, which cannot be imported ({err}). "
+                                                "pip install deepspeed, or launch with another config"]) from None
+    check_parallelism(args)
+    return args
+
+
+def check_parallelism(args: Seq2SeqTrainingArguments) -> None:
+    """accelerate applies FSDP and DeepSpeed only on accelerators (GPUs): CPU ranks run plain data parallel, which
+    gives the same results without sharding. Say so instead of letting the config suggest otherwise."""
+    running = str(args.distributed_state.distributed_type)
+    for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() == "true" and name not in running:
+            log.warning("The accelerate config asks for %s, but this run is %s: accelerate applies %s on GPUs only, "
+                        "and these ranks run on the CPU. Training goes on as plain data parallel (same results, "
+                        "no sharding).", name, running, name)
+
+
+def trainer_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
     """Every recipe field mapped explicitly; the fixed settings below are what Whisper + LoRA need."""
     t, e = recipe.train, recipe.eval
-    check_trackers(recipe)
     return Seq2SeqTrainingArguments(
         output_dir=recipe.output_dir,
         learning_rate=t.learning_rate,
@@ -191,12 +215,22 @@ def whole_run_metrics(history: list[dict], steps: int, claim: Claim, session: di
             "resumed_from": claim.resume, "sessions": claim.prior_sessions + 1}
 
 
-def save_adapter(trainer: Seq2SeqTrainer, processor, output_dir: str) -> Path:
-    """The best adapter (peft format) and the processor in <output_dir>/adapter, written atomically."""
+def save_adapter(trainer: Seq2SeqTrainer, output_dir: str) -> Path:
+    """The best adapter (peft format) and the processor in <output_dir>/adapter, written atomically. Every rank
+    calls it: under FSDP or DeepSpeed ZeRO-3 the adapter's shards are gathered from all of them; the main process
+    writes (the other ranks' path is never written)."""
     final = Path(output_dir) / ADAPTER_DIR
-    if is_main_process():
-        with atomic_dir(final) as tmp:
-            trainer.model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
+    with atomic_dir(final) if is_main_process() else contextlib.nullcontext(final) as folder:
+        trainer.save_model(str(folder))  # adapter weights + config, and the processor (the trainer's)
+        (folder / "training_args.bin").unlink(missing_ok=True)  # pickled Trainer arguments: not part of an adapter
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def is_sharded(trainer: Seq2SeqTrainer) -> bool:
+    """Whether the trained model's parameters are spread over the ranks (FSDP, DeepSpeed ZeRO-3), so that one
+    process alone cannot run or merge it."""
+    if trainer.is_fsdp_enabled:
+        return True
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    return plugin is not None and plugin.zero_stage == 3

@@ -39,7 +39,7 @@ def train_run(recipe):
     data = cache_encoder_outputs(recipe, model, processor, load_data(recipe.data, processor), args.device)
     trainer = build_trainer(recipe, model, processor, data, args)
     trainer.train()
-    adapter = save_adapter(trainer, processor, recipe.output_dir)
+    adapter = save_adapter(trainer, recipe.output_dir)
     # Timings differ, and the Trainer estimates total_flos from input_features (absent on the cached path).
     history = [{k: v for k, v in entry.items() if "runtime" not in k and "per_second" not in k and k != "total_flos"}
                for entry in trainer.state.log_history]

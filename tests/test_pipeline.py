@@ -82,7 +82,7 @@ def test_trainer_arguments_are_the_recipe_or_declared_fixed(tmp_path: Path, tiny
 
     passed: dict = {}
     monkeypatch.setattr(finetune.train, "Seq2SeqTrainingArguments", lambda **kwargs: passed.update(kwargs))
-    finetune.train.training_arguments(validate(tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")))
+    finetune.train.trainer_arguments(validate(tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run")))
     recipe_fields = set(TrainConfig.model_fields) - {"extra", "cache_encoder", "resume", "save_total_limit",
                                                      "gradient_checkpointing"}
     assert set(passed) - recipe_fields <= MANAGED_TRAINING_ARGUMENTS | {"save_total_limit"}

@@ -97,7 +97,7 @@ def test_resume_auto_continues_the_last_complete_checkpoint_with_whole_run_metri
     assert resumed["global_step"] == 3 and resumed["sessions"] == 2
     assert resumed["train_runtime"] > trainer.claim.prior_seconds > 0
     assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=0.05)  # the whole run, not 1 step
-    adapter = save_adapter(trainer, processor, recipe.output_dir)
+    adapter = save_adapter(trainer, recipe.output_dir)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.parent.glob(".adapter.tmp-*"))
 
