@@ -14,9 +14,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "finetune" / "run.py")
 MODULE = ["-m", "finetune", "train"]  # after a launcher: accelerate launch -m finetune train
-# Two gloo ranks on CPU. `--cpu --num_processes 2` would silently run ONE process (accelerate's DistributedType.NO).
-TWO_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
+CONFIGS = ROOT / "recipes" / "accelerate"  # the shipped accelerate configs
+
+
+def launcher(config: str = "cpu-ddp.yaml", processes: int = 2) -> list[str]:
+    """`accelerate launch` with a shipped config, `processes` ranks of one thread each (gloo on CPU)."""
+    return ["-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config), "--num_processes",
+            str(processes), "--num_cpu_threads_per_process", "1"]
+
+
+# Two gloo ranks on CPU (cpu-ddp.yaml: `--cpu --num_processes 2` would silently run ONE process).
+TWO_RANKS = launcher()
 
 
 def free_port() -> int:
