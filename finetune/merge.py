@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.model import DTYPES, generate_rows, load_model, set_decoding
+from finetune.model import DTYPES, generate_rows
 from finetune.outputs import atomic_dir, log
+from finetune.pipeline import build_model
 from finetune.recipe import Recipe
 
 MERGED_DIR = "merged"  # <output_dir>/merged
@@ -24,8 +25,7 @@ def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperPro
     model as reloaded from disk (what users will load).
     """
     final = Path(recipe.output_dir) / MERGED_DIR
-    tuned = load_model(recipe.model, adapter_dir).eval()
-    set_decoding(tuned.get_base_model(), recipe.eval)
+    tuned = build_model(recipe, adapter_dir).eval()
     with_adapter = transcripts(tuned, processor, parity_rows)
     merged = tuned.merge_and_unload()
     merged.config.use_cache = True  # training turned the KV cache off; inference wants it back

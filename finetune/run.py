@@ -13,8 +13,8 @@ Exit status: 0 done; 2 a recipe, data or output_dir problem (the message says wh
 One run per output_dir (a second one exits 2); train.resume=auto continues only a checkpoint of the same recipe.
 Outputs in <output_dir>: recipe.yaml, environment.json, dropped_rows.jsonl, checkpoint-*/, adapter/ (best
 adapter + processor), merged/ (full checkpoint for transformers.pipeline), report.json, report.md, report.html,
-predictions.jsonl; hub-upload/ when hub.push is set. The adapter and the merged model carry the adapter strength
-chosen in step 6 (output.adapter_scale).
+predictions.jsonl; hub-upload/ when hub.push is set; tensorboard/ with train.report_to=tensorboard. The adapter
+and the merged model carry the adapter strength chosen in step 7 (output.adapter_scale).
 """
 
 from __future__ import annotations
