@@ -16,7 +16,7 @@ decoder reads those positions but the loss skips them. `single` mode labels ever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -87,12 +87,13 @@ def previous_windows(windows: list[list[int]], languages: list[str]) -> list[int
 
 def window_labels(segments: list[list[int]], bounds: list[tuple[float, float]], language: str,
                   special: SpecialTokens, *, timestamps: bool, prompt: list[int] | None = None,
-                  joined: list[int] | None = None,
+                  join: Callable[[], list[int]] | None = None,
                   max_tokens: int = MAX_TARGET_POSITIONS) -> tuple[list[int], int]:
     """The full token sequence of one window and how many of its first tokens are the prompt.
 
     segments: each clip's text tokens (with a leading space, as Whisper writes a segment); bounds: each clip's
-    (start, end) in the window, seconds; joined: the texts joined into one (used without timestamps). With
+    (start, end) in the window, seconds; join: tokenizes the texts joined into one, called only for a window
+    labelled without timestamps (default: the segments' tokens one after another). With
     `prompt`, the sequence starts <|startofprev|> + its last tokens that fit (at most 223); the decoder reads at
     most `max_tokens` positions (the sequence less its last token).
     """
@@ -101,7 +102,7 @@ def window_labels(segments: list[list[int]], bounds: list[tuple[float, float]], 
         for tokens, (start, end) in zip(segments, bounds):
             body += [special.time(start), *tokens, special.time(end)]
     if not timestamps or len(body) > max_tokens:  # decoder positions with <|endoftext|> to come; else no timestamps
-        body = body[:3] + [special.no_timestamps, *(joined if joined is not None else
+        body = body[:3] + [special.no_timestamps, *(join() if join is not None else
                                                     [t for s in segments for t in s])]
     body.append(special.end)
     if not prompt:
@@ -167,12 +168,15 @@ class TrainingWindows(torch.utils.data.Dataset):
         waveform, bounds = concatenate(waveforms, self.cfg.gap_s)
         timestamps, prompted = self.draws(number)
         language = self.languages[indices[0]]
-        joined = self.tokenizer(" ".join(self.texts[i] for i in indices), add_special_tokens=False).input_ids
+
+        def join() -> list[int]:  # a fresh tokenization of the whole text, as a transcript without timestamps reads
+            return self.tokenizer(" ".join(self.texts[i] for i in indices), add_special_tokens=False).input_ids
+
         prompt = None
         if prompted and self.previous[number] is not None:
             prompt = [t for i in self.windows[self.previous[number]] for t in self.segments[i]]
         labels, prompt_length = window_labels([self.segments[i] for i in indices], bounds, language, self.special,
-                                              timestamps=timestamps, prompt=prompt, joined=joined)
+                                              timestamps=timestamps, prompt=prompt, join=join)
         return {"waveform": waveform, "labels": labels, "prompt_length": prompt_length, "language": language,
                 "duration": sum(self.durations[i] for i in indices), "clips": len(indices)}
 

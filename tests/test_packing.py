@@ -86,7 +86,7 @@ def test_without_timestamps_the_texts_are_joined(timestamp_processor) -> None:
     special = SpecialTokens.of(tok, ["es"], "transcribe")
     joined = tok("hola adiós", add_special_tokens=False).input_ids
     sequence, prompt_length = window_labels([[1], [2]], [(0, 1), (1, 2)], "es", special, timestamps=False,
-                                            joined=joined)
+                                            join=lambda: joined)
     assert prompt_length == 0
     assert sequence == [ids("<|startoftranscript|>"), ids("<|es|>"), ids("<|transcribe|>"), ids("<|notimestamps|>"),
                         *joined, ids("<|endoftext|>")]
@@ -98,7 +98,7 @@ def test_a_long_prompt_keeps_its_last_tokens_within_448(timestamp_processor) -> 
                                             prompt=list(range(1000, 1400)))
     assert len(sequence) - 1 == 448  # decoder positions: all of them, no more
     assert sequence[1:prompt_length] == list(range(1400 - (prompt_length - 1), 1400))
-    too_long, _ = window_labels([[7] * 444], [(0.0, 20.0)], "es", special, timestamps=True, joined=[7] * 444)
+    too_long, _ = window_labels([[7] * 444], [(0.0, 20.0)], "es", special, timestamps=True, join=lambda: [7] * 444)
     assert too_long[3] == special.no_timestamps and len(too_long) - 1 <= 448, "timestamps that do not fit are left out"
 
 
