@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from finetune.model import DTYPES, generate_rows
+from finetune.model import DTYPES, generate_rows, set_spec_augment
 from finetune.outputs import atomic_dir, log
 from finetune.pipeline import build_model
-from finetune.recipe import Recipe
+from finetune.recipe import AugmentConfig, Recipe
 
 MERGED_DIR = "merged"  # <output_dir>/merged
 
@@ -29,6 +29,7 @@ def merge_adapter(recipe: Recipe, adapter_dir: str | Path, processor: WhisperPro
     with_adapter = transcripts(tuned, processor, parity_rows)
     merged = tuned.merge_and_unload()
     merged.config.use_cache = True  # training turned the KV cache off; inference wants it back
+    set_spec_augment(merged, AugmentConfig())  # a training setting: the shipped checkpoint has it off, as Whisper
     with atomic_dir(final) as tmp:
         merged.save_pretrained(tmp)  # weights + config + generation_config (language, task)
         processor.save_pretrained(tmp)

@@ -224,7 +224,8 @@ def save_adapter(trainer: Seq2SeqTrainer, output_dir: str) -> Path:
     final = Path(output_dir) / ADAPTER_DIR
     with atomic_dir(final) if is_main_process() else contextlib.nullcontext(final) as folder:
         trainer.save_model(str(folder))  # adapter weights + config, and the processor (the trainer's)
-        (folder / "training_args.bin").unlink(missing_ok=True)  # pickled Trainer arguments: not part of an adapter
+        if is_main_process():
+            (folder / "training_args.bin").unlink(missing_ok=True)  # pickled Trainer arguments: not an adapter's
     trainer.accelerator.wait_for_everyone()
     return final
 

@@ -1,4 +1,5 @@
-"""`python scripts/benchmark.py ARGS` is `finetune benchmark ARGS`: see `finetune benchmark --help` (finetune/commands/benchmark.py)."""
+"""`python scripts/benchmark.py ARGS` is `finetune benchmark ARGS`: see `finetune benchmark --help`
+(finetune/commands/benchmark.py)."""
 
 import sys
 

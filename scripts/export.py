@@ -1,4 +1,5 @@
-"""`python scripts/export.py ARGS` is `finetune export ARGS`: see `finetune export --help` (finetune/commands/export.py)."""
+"""`python scripts/export.py ARGS` is `finetune export ARGS`: see `finetune export --help`
+(finetune/commands/export.py)."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""`python scripts/push.py ARGS` is `finetune push ARGS`: see `finetune push --help` (finetune/commands/push.py)."""
+"""`python scripts/push.py ARGS` is `finetune push ARGS`: see `finetune push --help`
+(finetune/commands/push.py)."""
 
 import sys
 

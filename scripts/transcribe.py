@@ -1,4 +1,5 @@
-"""`python scripts/transcribe.py ARGS` is `finetune transcribe ARGS`: see `finetune transcribe --help` (finetune/commands/transcribe.py)."""
+"""`python scripts/transcribe.py ARGS` is `finetune transcribe ARGS`: see `finetune transcribe --help`
+(finetune/commands/transcribe.py)."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""scripts/transcribe.py and scripts/export.py: whisper-CLI output files, long-form audio/video, CTranslate2."""
+"""`finetune transcribe` and `finetune export` (through their scripts/ wrappers): whisper-CLI output files, long-form
+audio/video, CTranslate2."""
 
 from __future__ import annotations
 

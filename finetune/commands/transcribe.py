@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from finetune.audio import AudioError, load_audio, probe_duration
 from finetune.recipe import language_code
 from finetune.writers import FORMATS, SubtitleLayout, write_result
+
+if TYPE_CHECKING:  # imported in the functions: `finetune transcribe --help` needs no transformers
+    from finetune.transcription import DecodeOptions
 
 EXAMPLES = """examples:
   finetune transcribe call.mp3 meeting.mp4 --model runs/es-synth-base/merged --language es
@@ -91,7 +95,7 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error(f"--temperature {args.temperature}: must be within [0, 1]")
 
 
-def decode_options(args: argparse.Namespace):
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
     from finetune.transcription import DecodeOptions, temperature_ladder
 
     return DecodeOptions(
