@@ -58,9 +58,9 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
 def check_parallelism(args: Seq2SeqTrainingArguments) -> None:
     """accelerate applies FSDP and DeepSpeed only on accelerators (GPUs): CPU ranks run plain data parallel, which
     gives the same results without sharding. Say so instead of letting the config suggest otherwise."""
-    running = str(args.distributed_state.distributed_type)
     if not is_main_process():
         return
+    running = str(args.distributed_state.distributed_type)
     for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
         if os.environ.get(variable, "false").lower() == "true" and name not in running:
             log.warning("The accelerate config asks for %s, but this run is %s: accelerate applies %s on GPUs only, "

@@ -143,9 +143,8 @@ def test_frozen_encoder_guard_sets_run_the_encoder_once(tmp_path: Path, tiny_mod
     from conftest import tiny_recipe
 
     from finetune.adapter_scale import adapter_strength
-    from finetune.data import load_data
-    from finetune.encoder_cache import cache_encoder_outputs
-    from finetune.model import add_lora, find_encoder, load_model, load_processor, set_decoding
+    from finetune.model import find_encoder
+    from finetune.pipeline import build_pipeline
     from finetune.recipe import validate
 
     raw = tiny_recipe(tiny_model_dir, corpus_dir, tmp_path / "run",
@@ -154,10 +153,8 @@ def test_frozen_encoder_guard_sets_run_the_encoder_once(tmp_path: Path, tiny_mod
                                 "language": "en"})
     raw["output"]["scale_search"] = "full"
     recipe = validate(raw)
-    processor = load_processor(recipe.model)
-    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-    set_decoding(model.get_base_model(), recipe.eval)
-    data = cache_encoder_outputs(recipe, model, processor, load_data(recipe.data, processor), torch.device("cpu"))
+    pipeline = build_pipeline(recipe)  # frozen encoder: eval rows carry cached encoder outputs
+    model, processor, data = pipeline.model, pipeline.processor, pipeline.data
     model.save_pretrained(tmp_path / "adapter")
     runs = []
     find_encoder(model).register_forward_hook(lambda *args: runs.append(1))

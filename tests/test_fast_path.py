@@ -18,10 +18,11 @@ from tiny import save_tiny_model, tiny_model, tiny_processor
 
 from finetune.collator import ENCODER_COLUMN, SpeechCollator
 from finetune.data import load_data
-from finetune.encoder_cache import add_encoder_outputs, cache_encoder_outputs
-from finetune.model import add_lora, load_model, load_processor
+from finetune.encoder_cache import add_encoder_outputs
+from finetune.model import load_model, load_processor
+from finetune.pipeline import build_pipeline
 from finetune.recipe import RecipeError, validate
-from finetune.train import build_trainer, save_adapter, training_arguments
+from finetune.train import save_adapter
 
 DECODER_ONLY = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "encoder": False}
 
@@ -32,12 +33,9 @@ def decoder_only_recipe(tmp_path: Path, model_dir: Path, corpus: Path, name: str
 
 
 def train_run(recipe):
-    """Train as finetune/run.py does (step 5); the log history and the saved adapter's tensors."""
-    args = training_arguments(recipe)
-    processor = load_processor(recipe.model)
-    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-    data = cache_encoder_outputs(recipe, model, processor, load_data(recipe.data, processor), args.device)
-    trainer = build_trainer(recipe, model, processor, data, args)
+    """Train as finetune/run.py does (step 6); the log history and the saved adapter's tensors."""
+    pipeline = build_pipeline(recipe)
+    trainer, data = pipeline.trainer, pipeline.data
     trainer.train()
     adapter = save_adapter(trainer, recipe.output_dir)
     # Timings differ, and the Trainer estimates total_flos from input_features (absent on the cached path).
@@ -104,10 +102,8 @@ def test_bf16_trains_on_cpu_close_to_fp32(tmp_path, tiny_model_dir, even_corpus)
     for precision in ("fp32", "bf16"):
         recipe = validate(tiny_recipe(tiny_model_dir, even_corpus, tmp_path / precision, train={
             "max_steps": 1, "eval_steps": 1, "logging_steps": 1, "bf16": precision == "bf16"}))
-        args = training_arguments(recipe)
-        processor = load_processor(recipe.model)
-        model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-        trainer = build_trainer(recipe, model, processor, load_data(recipe.data, processor), args)
+        pipeline = build_pipeline(recipe)
+        trainer, model = pipeline.trainer, pipeline.model
         seen = []
         hook = model.get_base_model().model.decoder.layers[0].fc1.register_forward_hook(
             lambda module, inputs, output: seen.append(output.dtype))

@@ -9,9 +9,10 @@ from conftest import tiny_recipe
 
 import finetune.replay as replay
 from finetune.data import load_data
-from finetune.rows import label_ids
-from finetune.model import add_lora, load_model, load_processor, set_decoding
+from finetune.model import load_processor
+from finetune.pipeline import build_model
 from finetune.recipe import RecipeError, validate
+from finetune.rows import label_ids
 
 
 def replay_recipe(model_dir: Path, corpus: Path, out: Path, **eval_settings):
@@ -23,9 +24,7 @@ def replay_recipe(model_dir: Path, corpus: Path, out: Path, **eval_settings):
 
 def loaded(recipe):
     processor = load_processor(recipe.model)
-    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-    set_decoding(model.get_base_model(), recipe.eval)
-    return processor, replay.PseudoLabeler(recipe, model, processor)
+    return processor, replay.PseudoLabeler(recipe, build_model(recipe), processor)
 
 
 def test_pseudo_labels_are_the_base_models_cached_and_mixed_at_the_ratio(tmp_path: Path, tiny_model_dir: Path,

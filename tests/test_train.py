@@ -13,20 +13,18 @@ from tiny import tone
 
 from finetune.collator import SpeechCollator
 from finetune.data import load_data
-from finetune.model import add_lora, load_model, load_processor
+from finetune.model import load_model, load_processor
+from finetune.pipeline import build_pipeline
 from finetune.recipe import validate
 from finetune.checkpoints import MARK_FILE, remove_dir
 from finetune.run_dir import claim_output_dir
-from finetune.train import build_trainer, save_adapter, train, training_arguments
+from finetune.train import save_adapter, train
 
 
 def make_trainer(tmp_path: Path, model_dir: Path, corpus: Path, claim: bool = False, **train):
     recipe = validate(tiny_recipe(model_dir, corpus, tmp_path / "out", train=train))
-    processor = load_processor(recipe.model)
-    model = add_lora(load_model(recipe.model), recipe.lora, recipe.train.seed)
-    data = load_data(recipe.data, processor)
-    return build_trainer(recipe, model, processor, data, training_arguments(recipe),
-                         claim_output_dir(recipe) if claim else None), recipe, processor
+    pipeline = build_pipeline(recipe, claim_output_dir(recipe) if claim else None)
+    return pipeline.trainer, recipe, pipeline.processor
 
 
 def first_step(tmp_path: Path, model_dir: Path, corpus: Path, **train) -> tuple[float, float]:
