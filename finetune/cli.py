@@ -30,13 +30,18 @@ from finetune.errors import UserError
 
 @dataclass(frozen=True)
 class Command:
-    module: str  # holds EXAMPLES, add_arguments(parser) and run(args) -> exit status
+    module: str  # holds the examples, add_arguments(parser) and run(args) -> exit status
     help: str
+    examples: str = "EXAMPLES"  # the module's attribute shown under --help
+    check: bool = False  # finetune.run's --check, always on
+    training: bool = False  # Ctrl-C says where the run can resume
 
 
 COMMANDS = {
-    "train": Command("finetune.run", "fine-tune Whisper with LoRA from a recipe, then score, merge and report"),
-    "check": Command("finetune.run", "validate a recipe, its data, model and output_dir; train and write nothing"),
+    "train": Command("finetune.run", "fine-tune Whisper with LoRA from a recipe, then score, merge and report",
+                     training=True),
+    "check": Command("finetune.run", "validate a recipe, its data, model and output_dir; train and write nothing",
+                     examples="CHECK_EXAMPLES", check=True, training=True),
     "evaluate": Command("finetune.commands.evaluation", "score a fine-tuned model against its zero-shot base on a "
                                                         "recipe's test sets; reports"),
     "transcribe": Command("finetune.commands.transcribe", "transcribe audio/video files of any length (txt, vtt, "
@@ -63,10 +68,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def command_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
     """The full parser of one subcommand, and its module (imported now)."""
-    module = importlib.import_module(COMMANDS[name].module)
-    parser = argparse.ArgumentParser(prog=f"finetune {name}", description=COMMANDS[name].help,
-                                     epilog=getattr(module, f"{name.upper()}_EXAMPLES", module.EXAMPLES),
-                                     formatter_class=HelpFormatter)
+    command = COMMANDS[name]
+    module = importlib.import_module(command.module)
+    parser = argparse.ArgumentParser(prog=f"finetune {name}", description=command.help,
+                                     epilog=getattr(module, command.examples), formatter_class=HelpFormatter)
     module.add_arguments(parser)
     return parser, module
 
@@ -80,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv[1:])
     if hasattr(module, "check_arguments"):
         module.check_arguments(parser, args)  # combinations argparse cannot express: usage error, exit 2
-    if argv[0] == "check":
+    command = COMMANDS[argv[0]]
+    if command.check:
         args.check = True
-    return guarded(module.run, args, training=argv[0] in ("train", "check"))
+    return guarded(module.run, args, training=command.training)
 
 
 def guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, training: bool = False) -> int:

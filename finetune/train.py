@@ -49,6 +49,8 @@ def training_arguments(recipe: Recipe) -> Seq2SeqTrainingArguments:
     try:
         args = trainer_arguments(recipe)
     except ImportError as err:  # the accelerate config asks for DeepSpeed: transformers imports it here
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+            raise
         raise RecipeError("accelerate config", [f"it asks for DeepSpeed, which cannot be imported ({err}). "
                                                 "pip install deepspeed, or launch with another config"]) from None
     check_parallelism(args)

@@ -257,10 +257,9 @@ def test_two_node_config_on_one_host_two_machines_of_one_rank(tmp_path: Path, ti
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_model_dir, corpus_dir, out)))
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    nodes = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                               str(CONFIGS / "two-node.yaml"), "--num_processes", "2", "--num_machines", "2",
-                               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port",
-                               str(port), "--num_cpu_threads_per_process", "1", *MODULE, str(recipe)],
+    nodes = [subprocess.Popen([sys.executable, *launcher("two-node.yaml"), "--num_machines", "2", "--machine_rank",
+                               str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                               *MODULE, str(recipe)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
              for rank in (0, 1)]
     results = [node.communicate(timeout=600) for node in nodes]
